@@ -1,0 +1,13 @@
+//! chgate: ClickHouse analytics behind an identity-aware API, as an Azure Functions custom
+//! handler.
+//!
+//! Codemap (see ARCHITECTURE.md for the whole picture):
+//! - [`settings`]: plain configuration data read from the environment (Azure app settings).
+//! - [`startup`]: turns settings into a running HTTP server bound to the host's port.
+//! - [`http`]: routes, including the Functions host's readiness probe.
+//! - [`telemetry`]: the tracing subscriber.
+
+pub mod http;
+pub mod settings;
+pub mod startup;
+pub mod telemetry;

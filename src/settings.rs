@@ -1,0 +1,71 @@
+//! Plain configuration data, read from the environment only: Azure app settings reach the
+//! custom handler as environment variables, and so do the Functions host's own.
+
+use std::env;
+
+use thiserror::Error;
+
+/// Everything the handler needs to know at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `FUNCTIONS_CUSTOMHANDLER_PORT`: the port the Functions host probes and forwards to
+    /// (7071 when unset; 0 picks a free port, as the tests do).
+    pub port: u16,
+    /// `CLICKHOUSE_URL`, `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`, `CLICKHOUSE_DATABASE`.
+    pub clickhouse: ClickHouseSettings,
+}
+
+/// Where ClickHouse is and who to connect as.
+#[derive(Clone)]
+pub struct ClickHouseSettings {
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl std::fmt::Debug for ClickHouseSettings {
+    // The password never reaches a log line, even through a Debug print of the settings.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseSettings")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("password", &"[redacted]")
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("{name} must be a port number (0-65535), got {value:?}")]
+    InvalidPort { name: &'static str, value: String },
+}
+
+/// The port used when the host sets none, as `func start` serves on 7071.
+pub const DEFAULT_PORT: u16 = 7071;
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let port = match env::var("FUNCTIONS_CUSTOMHANDLER_PORT") {
+            Ok(value) => value
+                .trim()
+                .parse()
+                .map_err(|_| SettingsError::InvalidPort {
+                    name: "FUNCTIONS_CUSTOMHANDLER_PORT",
+                    value,
+                })?,
+            Err(_) => DEFAULT_PORT,
+        };
+        let var = |name: &str, default: &str| env::var(name).unwrap_or_else(|_| default.to_owned());
+        Ok(Self {
+            port,
+            clickhouse: ClickHouseSettings {
+                url: var("CLICKHOUSE_URL", "http://127.0.0.1:8123"),
+                user: var("CLICKHOUSE_USER", "default"),
+                password: var("CLICKHOUSE_PASSWORD", ""),
+                database: var("CLICKHOUSE_DATABASE", "default"),
+            },
+        })
+    }
+}

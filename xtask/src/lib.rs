@@ -1,0 +1,16 @@
+//! Developer tasks for chgate, and the pieces the test suite shares with them: how to reach
+//! ClickHouse, the local ClickHouse server, and the sample analytics data.
+
+pub mod connection;
+pub mod local_clickhouse;
+pub mod sample;
+
+use std::path::PathBuf;
+
+/// The repository root (the workspace this crate belongs to).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the repository root")
+        .to_path_buf()
+}

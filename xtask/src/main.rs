@@ -1,0 +1,217 @@
+//! `cargo xtask <task>`: run chgate locally, run its tests, manage the local ClickHouse.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::process::Command;
+use xtask::connection::Connection;
+use xtask::local_clickhouse::LocalClickHouse;
+use xtask::{repo_root, sample};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for chgate")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run the service locally: ClickHouse (local engine unless CLICKHOUSE_URL is set), sample
+    /// data if the events table is empty, and the handler on :7071. Ctrl-C stops it all.
+    Dev {
+        /// Rows of sample data to load when the events table is empty.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+    },
+    /// Run every test with the services they need, then stop what was started.
+    Test {
+        /// Passed to `cargo test` (for example a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Manage the local ClickHouse (the real engine behind ClickHouse's HTTP interface).
+    Clickhouse {
+        #[command(subcommand)]
+        action: ClickhouseAction,
+    },
+    /// Load deterministic sample analytics data into the events table (replacing its rows).
+    Seed {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = sample::DEFAULT_SEED)]
+        seed: u64,
+        #[arg(long, default_value = "events")]
+        table: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClickhouseAction {
+    /// Start it (idempotent) and print its URL.
+    Start,
+    /// Stop it.
+    Stop,
+    /// Say whether it runs.
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse().task).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(task: Task) -> anyhow::Result<ExitCode> {
+    let local = LocalClickHouse::new(&repo_root());
+    match task {
+        Task::Clickhouse {
+            action: ClickhouseAction::Start,
+        } => {
+            let started = local.start().await?;
+            let connection = local.connection()?;
+            println!(
+                "ClickHouse {} at {} (user {}, password in {})",
+                if started {
+                    "started"
+                } else {
+                    "already running"
+                },
+                connection.url,
+                connection.user,
+                local.users_file().display()
+            );
+        }
+        Task::Clickhouse {
+            action: ClickhouseAction::Stop,
+        } => {
+            local.stop().await?;
+            println!("ClickHouse stopped");
+        }
+        Task::Clickhouse {
+            action: ClickhouseAction::Status,
+        } => {
+            if local.running_pid().is_some() && local.answers().await {
+                println!("ClickHouse running at {}", LocalClickHouse::url()?);
+            } else {
+                println!("ClickHouse not running");
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Task::Seed { rows, seed, table } => {
+            let (connection, _) = clickhouse(&local).await?;
+            seed_events(&connection, &table, rows, seed).await?;
+        }
+        Task::Test { args } => {
+            let (connection, started) = clickhouse(&local).await?;
+            let outcome = run_tests(&connection, &args).await;
+            if started {
+                local.stop().await?;
+            }
+            return outcome;
+        }
+        Task::Dev { rows } => {
+            let (connection, started) = clickhouse(&local).await?;
+            let outcome = run_dev(&connection, rows).await;
+            if started {
+                local.stop().await?;
+                println!("ClickHouse stopped");
+            }
+            return outcome;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The ClickHouse to use: `CLICKHOUSE_URL`'s, or the local one (started if needed; the flag
+/// says whether this call started it, so the caller can stop it again).
+async fn clickhouse(local: &LocalClickHouse) -> anyhow::Result<(Connection, bool)> {
+    if let Some(connection) = Connection::from_env() {
+        println!("Using ClickHouse at {} (CLICKHOUSE_URL)", connection.url);
+        return Ok((connection, false));
+    }
+    let started = local.start().await?;
+    let connection = local.connection()?;
+    println!("Local ClickHouse at {}", connection.url);
+    Ok((connection, started))
+}
+
+async fn seed_events(
+    connection: &Connection,
+    table: &str,
+    rows: u64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let began = Instant::now();
+    sample::load(&connection.client(), table, rows, seed).await?;
+    let seconds = began.elapsed().as_secs_f64();
+    println!(
+        "Loaded {rows} sample events into {table} in {seconds:.1} s ({:.0} rows/s)",
+        rows as f64 / seconds
+    );
+    Ok(())
+}
+
+async fn run_tests(connection: &Connection, args: &[String]) -> anyhow::Result<ExitCode> {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(repo_root())
+        .args(["test", "--workspace", "--all-targets"])
+        .args(args)
+        .envs(connection.env())
+        .status()
+        .await
+        .context("running cargo test")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run_dev(connection: &Connection, rows: u64) -> anyhow::Result<ExitCode> {
+    let count = connection
+        .client()
+        .query("SELECT count() FROM events")
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or(0);
+    if count == 0 {
+        seed_events(connection, "events", rows, sample::DEFAULT_SEED).await?;
+    } else {
+        println!("Sample data present ({count} events)");
+    }
+    let port = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").unwrap_or_else(|_| "7071".to_owned());
+    println!("Starting the handler on http://127.0.0.1:{port} (Ctrl-C stops everything)");
+    let mut handler = Command::new(env!("CARGO"))
+        .current_dir(repo_root())
+        .args(["run", "--quiet", "--bin", "handler"])
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", &port)
+        .envs(connection.env())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the handler")?;
+    tokio::select! {
+        status = handler.wait() => {
+            let status = status?;
+            println!("The handler exited ({status})");
+            Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        _ = tokio::signal::ctrl_c() => {
+            // A terminal's Ctrl-C reaches the handler as well; a signal sent to this task alone
+            // does not, so pass it on, then give the handler a moment to drain.
+            if let Some(pid) = handler.id() {
+                let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handler.wait()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
