@@ -539,6 +539,8 @@ class FrontHandler(BaseHTTPRequestHandler):
         with ENGINE_LOCK:
             applied = []
             database = request.params.get("database") or request.params.get("default_database")
+            # The session rests in `default`; switching costs two engine calls, so only when needed.
+            database = None if database == "default" else database
             try:
                 if database:
                     self.engine.session.query(f"USE {quote_identifier(database)}")

@@ -98,8 +98,26 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
         Task::Clickhouse {
             action: ClickhouseAction::Status,
         } => {
-            if local.running_pid().is_some() && local.answers().await {
-                println!("ClickHouse running at {}", LocalClickHouse::url()?);
+            if let Some(pid) = local.running_pid()
+                && local.answers().await
+            {
+                println!("ClickHouse running at {} (pid {pid})", LocalClickHouse::url()?);
+                if let Some(rss) = resident_memory_kib(pid.as_raw()) {
+                    println!("  resident memory: {} MiB", rss / 1024);
+                }
+                let client = local.connection()?.client();
+                for (label, sql) in [
+                    ("SELECT toUInt64(1)", "SELECT toUInt64(1)"),
+                    ("SELECT {n:UInt64} + 1 (typed parameter)", "SELECT {n:UInt64} + 1"),
+                ] {
+                    let timings = latency_sample(&client, sql, 200).await?;
+                    println!(
+                        "  {label}: median {:.2} ms, p99 {:.2} ms over {} queries",
+                        percentile(&timings, 0.50),
+                        percentile(&timings, 0.99),
+                        timings.len()
+                    );
+                }
             } else {
                 println!("ClickHouse not running");
                 return Ok(ExitCode::from(3));
@@ -141,6 +159,33 @@ async fn clickhouse(local: &LocalClickHouse) -> anyhow::Result<(Connection, bool
     let connection = local.connection()?;
     println!("Local ClickHouse at {}", connection.url);
     Ok((connection, started))
+}
+
+/// The resident set size of a process, from /proc.
+fn resident_memory_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Round-trip times in milliseconds of `count` sequential queries over one keep-alive client.
+async fn latency_sample(client: &clickhouse::Client, sql: &str, count: usize) -> anyhow::Result<Vec<f64>> {
+    let mut timings = Vec::with_capacity(count);
+    for i in 0..count {
+        let began = Instant::now();
+        let query = client.query(sql);
+        let query = if sql.contains("{n:") { query.param("n", i as u64) } else { query };
+        query.fetch_one::<u64>().await?;
+        timings.push(began.elapsed().as_secs_f64() * 1000.0);
+    }
+    timings.sort_by(f64::total_cmp);
+    Ok(timings)
+}
+
+/// The value at quantile `q` of sorted samples.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
 }
 
 async fn seed_events(
