@@ -101,14 +101,20 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
             if let Some(pid) = local.running_pid()
                 && local.answers().await
             {
-                println!("ClickHouse running at {} (pid {pid})", LocalClickHouse::url()?);
+                println!(
+                    "ClickHouse running at {} (pid {pid})",
+                    LocalClickHouse::url()?
+                );
                 if let Some(rss) = resident_memory_kib(pid.as_raw()) {
                     println!("  resident memory: {} MiB", rss / 1024);
                 }
                 let client = local.connection()?.client();
                 for (label, sql) in [
                     ("SELECT toUInt64(1)", "SELECT toUInt64(1)"),
-                    ("SELECT {n:UInt64} + 1 (typed parameter)", "SELECT {n:UInt64} + 1"),
+                    (
+                        "SELECT {n:UInt64} + 1 (typed parameter)",
+                        "SELECT {n:UInt64} + 1",
+                    ),
                 ] {
                     let timings = latency_sample(&client, sql, 200).await?;
                     println!(
@@ -169,12 +175,20 @@ fn resident_memory_kib(pid: i32) -> Option<u64> {
 }
 
 /// Round-trip times in milliseconds of `count` sequential queries over one keep-alive client.
-async fn latency_sample(client: &clickhouse::Client, sql: &str, count: usize) -> anyhow::Result<Vec<f64>> {
+async fn latency_sample(
+    client: &clickhouse::Client,
+    sql: &str,
+    count: usize,
+) -> anyhow::Result<Vec<f64>> {
     let mut timings = Vec::with_capacity(count);
     for i in 0..count {
         let began = Instant::now();
         let query = client.query(sql);
-        let query = if sql.contains("{n:") { query.param("n", i as u64) } else { query };
+        let query = if sql.contains("{n:") {
+            query.param("n", i as u64)
+        } else {
+            query
+        };
         query.fetch_one::<u64>().await?;
         timings.push(began.elapsed().as_secs_f64() * 1000.0);
     }
