@@ -602,3 +602,59 @@ async fn curl_style_requests_work() {
         .expect("ping");
     assert_eq!(ping.text().await.expect("body"), "Ok.\n");
 }
+
+#[tokio::test]
+async fn one_connection_serves_request_after_request() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let connection = connection();
+    let address = connection
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connecting");
+    let mut stream = BufReader::new(stream);
+    for n in 1..=3u32 {
+        let sql = format!("SELECT {n} * 10");
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: {address}\r\nX-ClickHouse-User: {}\r\nX-ClickHouse-Key: {}\r\n\
+             Content-Length: {}\r\n\r\n{sql}",
+            connection.user,
+            connection.password,
+            sql.len()
+        );
+        stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("sending");
+        let mut status = String::new();
+        stream.read_line(&mut status).await.expect("status line");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut length = None;
+        loop {
+            let mut header = String::new();
+            stream.read_line(&mut header).await.expect("header");
+            if header == "\r\n" {
+                break;
+            }
+            let lower = header.to_ascii_lowercase();
+            assert!(
+                !lower.starts_with("connection: close"),
+                "the server must keep the connection"
+            );
+            if let Some(value) = lower.strip_prefix("content-length:") {
+                length = Some(value.trim().parse::<usize>().expect("length"));
+            }
+        }
+        let mut body = vec![0; length.expect("a sized response")];
+        stream.read_exact(&mut body).await.expect("body");
+        assert_eq!(
+            String::from_utf8(body).expect("utf8"),
+            format!("{}\n", n * 10)
+        );
+    }
+}

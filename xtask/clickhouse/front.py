@@ -156,23 +156,19 @@ class Engine:
 
 
 class Users:
-    """The users file, re-read whenever its modification time or size changes."""
+    """The users file, read afresh for every request: it is tiny, and reading it each time
+    means a rotated password applies to the very next request, whatever the file's timestamps."""
 
     def __init__(self, path):
         self.path = path
-        self.stamp = None
         self.users = {}
         self.lock = threading.Lock()
 
     def lookup(self, name):
         with self.lock:
             try:
-                stat = os.stat(self.path)
-                stamp = (stat.st_mtime_ns, stat.st_size)
-                if stamp != self.stamp:
-                    with open(self.path, encoding="utf-8") as f:
-                        self.users = json.load(f)["users"]
-                    self.stamp = stamp
+                with open(self.path, encoding="utf-8") as f:
+                    self.users = json.load(f)["users"]
             except (OSError, ValueError, KeyError) as exc:
                 # A half-written file keeps the last good table rather than locking everyone out.
                 print(f"front: cannot read users file {self.path}: {exc}", file=sys.stderr)

@@ -221,7 +221,7 @@ async fn seed_events(
 async fn run_tests(connection: &Connection, args: &[String]) -> anyhow::Result<ExitCode> {
     let status = Command::new(env!("CARGO"))
         .current_dir(repo_root())
-        .args(["test", "--workspace", "--all-targets"])
+        .args(["test", "--workspace"])
         .args(args)
         .envs(connection.env())
         .status()
