@@ -9,6 +9,7 @@
 
 pub mod catalog;
 pub mod http;
+pub mod query;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 //! custom handler as environment variables, and so do the Functions host's own.
 
 use std::env;
+use std::path::PathBuf;
 
 use thiserror::Error;
 
@@ -13,6 +14,15 @@ pub struct Settings {
     pub port: u16,
     /// `CLICKHOUSE_URL`, `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`, `CLICKHOUSE_DATABASE`.
     pub clickhouse: ClickHouseSettings,
+    /// `CHGATE_FUNCTIONS_DIR`: the folder of function folders. Default: `functions/` when it
+    /// exists (a source checkout), else the working directory (a packaged app root, where
+    /// the host wants functions as immediate subfolders).
+    pub functions_dir: PathBuf,
+    /// `CHGATE_HOST_JSON`: the host.json to read the route prefix from (default `host.json`).
+    pub host_json: PathBuf,
+    /// `CHGATE_RESPONSE_BUFFER_BYTES`: result bytes held back before the status is committed,
+    /// so that errors within them still get an error status (default 1 MiB).
+    pub response_buffer_bytes: usize,
 }
 
 /// Where ClickHouse is and who to connect as.
@@ -40,10 +50,15 @@ impl std::fmt::Debug for ClickHouseSettings {
 pub enum SettingsError {
     #[error("{name} must be a port number (0-65535), got {value:?}")]
     InvalidPort { name: &'static str, value: String },
+    #[error("{name} must be a whole number, got {value:?}")]
+    InvalidNumber { name: &'static str, value: String },
 }
 
 /// The port used when the host sets none, as `func start` serves on 7071.
 pub const DEFAULT_PORT: u16 = 7071;
+
+/// Result bytes held back before a response's status is committed.
+pub const DEFAULT_RESPONSE_BUFFER_BYTES: usize = 1024 * 1024;
 
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
@@ -58,8 +73,26 @@ impl Settings {
             Err(_) => DEFAULT_PORT,
         };
         let var = |name: &str, default: &str| env::var(name).unwrap_or_else(|_| default.to_owned());
+        let functions_dir = match env::var_os("CHGATE_FUNCTIONS_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None if PathBuf::from("functions").is_dir() => PathBuf::from("functions"),
+            None => PathBuf::from("."),
+        };
+        let response_buffer_bytes = match env::var("CHGATE_RESPONSE_BUFFER_BYTES") {
+            Ok(value) => value
+                .trim()
+                .parse()
+                .map_err(|_| SettingsError::InvalidNumber {
+                    name: "CHGATE_RESPONSE_BUFFER_BYTES",
+                    value,
+                })?,
+            Err(_) => DEFAULT_RESPONSE_BUFFER_BYTES,
+        };
         Ok(Self {
             port,
+            functions_dir,
+            host_json: PathBuf::from(var("CHGATE_HOST_JSON", "host.json")),
+            response_buffer_bytes,
             clickhouse: ClickHouseSettings {
                 url: var("CLICKHOUSE_URL", "http://127.0.0.1:8123"),
                 user: var("CLICKHOUSE_USER", "default"),

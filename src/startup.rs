@@ -1,12 +1,15 @@
 //! The application: settings in, a bound HTTP server out.
 
 use std::net::TcpListener;
+use std::path::Path;
 
 use actix_web::dev::Server;
-use actix_web::{App, HttpServer};
+use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
-use crate::http;
+use crate::catalog::Catalog;
+use crate::http::{self, AppState};
+use crate::query::QueryRunner;
 use crate::settings::Settings;
 
 /// A server bound to its port and ready to run.
@@ -24,15 +27,29 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Binds 127.0.0.1 on the configured port: the Functions host calls the handler on
-    /// loopback only, so nothing else needs to reach it.
+    /// Loads the catalog (refusing to start on any problem in it) and binds 127.0.0.1 on the
+    /// configured port: the Functions host calls the handler on loopback only.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let route_prefix = route_prefix(&settings.host_json)?;
+        let catalog = Catalog::load(&settings.functions_dir, &route_prefix).with_context(|| {
+            format!(
+                "loading the endpoint catalog from {}",
+                settings.functions_dir.display()
+            )
+        })?;
+        tracing::info!(endpoints = catalog.endpoints().len(), route_prefix = %route_prefix, "catalog loaded");
+        let state = web::Data::new(AppState {
+            catalog,
+            runner: QueryRunner::new(&settings.clickhouse),
+            response_buffer_bytes: settings.response_buffer_bytes,
+        });
         let listener = TcpListener::bind(("127.0.0.1", settings.port))
             .with_context(|| format!("binding 127.0.0.1:{}", settings.port))?;
         let port = listener.local_addr()?.port();
-        let server = HttpServer::new(|| App::new().configure(http::routes))
-            .listen(listener)?
-            .run();
+        let server =
+            HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+                .listen(listener)?
+                .run();
         Ok(Self { port, server })
     }
 
@@ -43,4 +60,22 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// host.json's `extensions.http.routePrefix` ("api" when absent, as the host defaults).
+pub fn route_prefix(host_json: &Path) -> anyhow::Result<String> {
+    let text = match std::fs::read_to_string(host_json) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok("api".to_owned()),
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", host_json.display()));
+        }
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", host_json.display()))?;
+    Ok(value["extensions"]["http"]["routePrefix"]
+        .as_str()
+        .unwrap_or("api")
+        .trim_matches('/')
+        .to_owned())
 }

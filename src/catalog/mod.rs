@@ -1,5 +1,180 @@
-//! The endpoint catalog: `functions/<name>/` folders read from disk, cross-checked, and held
-//! immutable for the life of the process.
+//! The endpoint catalog: `functions/<name>/` folders read from disk once at start-up,
+//! cross-checked, and held immutable for the life of the process. Nothing downstream
+//! re-validates what the catalog accepted.
 
+pub mod endpoint;
+pub mod files;
+pub mod format;
 pub mod param;
+pub mod route;
+pub mod sql;
 pub mod types;
+
+use std::fmt;
+use std::path::Path;
+
+pub use endpoint::{Endpoint, Method, Problem};
+
+use endpoint::Loaded;
+
+/// Every query endpoint of the app.
+#[derive(Debug)]
+pub struct Catalog {
+    endpoints: Vec<Endpoint>,
+    route_prefix: String,
+}
+
+/// The catalog could not be loaded: every problem found, each naming its file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub struct CatalogError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "the endpoint catalog has {} problem(s):",
+            self.problems.len()
+        )?;
+        for problem in &self.problems {
+            writeln!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a request path and method lead to.
+#[derive(Debug)]
+pub enum RouteMatch<'a> {
+    Found {
+        endpoint: &'a Endpoint,
+        route_params: Vec<(String, String)>,
+    },
+    /// The path exists, but not for this method: these are the methods it has.
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
+impl Catalog {
+    /// Loads every function folder under `dir`. `route_prefix` is host.json's
+    /// `extensions.http.routePrefix` (forwarded requests arrive under `/<prefix>/<route>`).
+    pub fn load(dir: &Path, route_prefix: &str) -> Result<Self, CatalogError> {
+        let mut problems = Vec::new();
+        let mut endpoints = Vec::new();
+        let mut names = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().is_dir())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            Err(error) => {
+                problems.push(Problem {
+                    file: dir.to_path_buf(),
+                    line: None,
+                    message: format!("cannot read the functions folder: {error}"),
+                });
+                Vec::new()
+            }
+        };
+        names.sort();
+        for name in names {
+            // The host ignores folders without function.json; so do we, unless they look
+            // like an endpoint that lost its function.json.
+            let folder = dir.join(&name);
+            if !folder.join("function.json").exists() {
+                if folder.join("query.sql").exists() || folder.join("endpoint.toml").exists() {
+                    problems.push(Problem {
+                        file: Path::new(&name).join("function.json"),
+                        line: None,
+                        message:
+                            "missing: without it the Functions host does not see this endpoint"
+                                .into(),
+                    });
+                }
+                continue;
+            }
+            match endpoint::load(dir, &name, route_prefix) {
+                Ok(Loaded::Query(endpoint)) => endpoints.push(*endpoint),
+                Ok(Loaded::Other) => {}
+                Err(found) => problems.extend(found),
+            }
+        }
+        problems.extend(clashes(&endpoints));
+        if problems.is_empty() {
+            Ok(Self {
+                endpoints,
+                route_prefix: route_prefix.trim_matches('/').to_owned(),
+            })
+        } else {
+            Err(CatalogError { problems })
+        }
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    pub fn route_prefix(&self) -> &str {
+        &self.route_prefix
+    }
+
+    /// The endpoint of a function name (how the host addresses functions in invocation mode).
+    pub fn by_function_name(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints
+            .iter()
+            .find(|endpoint| endpoint.name() == name)
+    }
+
+    /// Finds the endpoint for a path below the route prefix and a method.
+    pub fn match_route(&self, path: &str, method: Method) -> RouteMatch<'_> {
+        let mut allowed = Vec::new();
+        for endpoint in &self.endpoints {
+            if let Some(route_params) = endpoint.route().matches(path) {
+                if endpoint.methods().contains(&method) {
+                    return RouteMatch::Found {
+                        endpoint,
+                        route_params,
+                    };
+                }
+                allowed.extend_from_slice(endpoint.methods());
+            }
+        }
+        if allowed.is_empty() {
+            RouteMatch::NotFound
+        } else {
+            allowed.sort();
+            allowed.dedup();
+            RouteMatch::MethodNotAllowed(allowed)
+        }
+    }
+}
+
+/// Two endpoints clash when one request (path and method) could reach both.
+fn clashes(endpoints: &[Endpoint]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (index, first) in endpoints.iter().enumerate() {
+        for second in &endpoints[index + 1..] {
+            let shared: Vec<&str> = first
+                .methods()
+                .iter()
+                .filter(|method| second.methods().contains(method))
+                .map(|method| method.as_str())
+                .collect();
+            if !shared.is_empty() && first.route().overlaps(second.route()) {
+                problems.push(Problem {
+                    file: Path::new(second.name()).join("function.json"),
+                    line: None,
+                    message: format!(
+                        "route \"{}\" clashes with \"{}\" of function {} for {}: give one of them another route or other methods",
+                        second.route(),
+                        first.route(),
+                        first.name(),
+                        shared.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    problems
+}

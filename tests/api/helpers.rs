@@ -76,18 +76,21 @@ impl Drop for TestDatabase {
 pub struct TestApp {
     pub address: String,
     pub api_client: reqwest::Client,
-    #[expect(
-        dead_code,
-        reason = "owned so that the test database lives as long as the app"
-    )]
     pub database: TestDatabase,
 }
 
+/// The fixture catalog (tests/fixtures/endpoints) over a fresh database.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with the settings adjusted first.
+pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
     LazyLock::force(&TRACING);
     let database = TestDatabase::create().await;
     let connection = database.connection().clone();
-    let settings = Settings {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut settings = Settings {
         port: 0,
         clickhouse: ClickHouseSettings {
             url: connection.url,
@@ -95,7 +98,11 @@ pub async fn spawn_app() -> TestApp {
             password: connection.password,
             database: connection.database,
         },
+        functions_dir: fixtures.join("endpoints"),
+        host_json: fixtures.join("host.json"),
+        response_buffer_bytes: chgate::settings::DEFAULT_RESPONSE_BUFFER_BYTES,
     };
+    customise(&mut settings);
     let application = Application::build(settings)
         .await
         .expect("building the application");
@@ -105,6 +112,110 @@ pub async fn spawn_app() -> TestApp {
         address,
         api_client: reqwest::Client::new(),
         database,
+    }
+}
+
+impl TestApp {
+    /// `GET /api/<path>` with query-string pairs.
+    pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> reqwest::Response {
+        self.api_client
+            .get(format!("{}/api/{path}", self.address))
+            .query(query)
+            .send()
+            .await
+            .expect("GET request")
+    }
+
+    /// `POST /api/<path>` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.api_client
+            .post(format!("{}/api/{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("POST request")
+    }
+
+    /// Loads `rows` sample events into this test's database.
+    pub async fn seed_events(&self, rows: u64) {
+        xtask::sample::load(
+            &self.database.client(),
+            "events",
+            rows,
+            xtask::sample::DEFAULT_SEED,
+        )
+        .await
+        .expect("loading sample events");
+    }
+}
+
+/// Reads a problem+json response, checking its content type and status.
+pub async fn problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "unexpected status");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("content type")
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: serde_json::Value = response.json().await.expect("problem body");
+    assert_eq!(body["status"], status);
+    assert!(body["code"].is_string() && body["detail"].is_string() && body["title"].is_string());
+    body
+}
+
+/// A TCP forwarder to ClickHouse that a test can cut and restore, to make ClickHouse
+/// unreachable without stopping the shared server.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub port: u16,
+    target: String,
+    tasks: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy port");
+        let port = listener.local_addr().expect("address").port();
+        let mut proxy = Self {
+            port,
+            target: target.to_owned(),
+            tasks: None,
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        self.tasks = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes the port and every open connection (the JoinSet aborts them when dropped).
+    pub async fn cut(&mut self) {
+        if let Some(task) = self.tasks.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("rebinding the proxy port");
+        self.serve(listener);
     }
 }
 

@@ -1,7 +1,11 @@
 //! The integration tests: one binary, against the real services `cargo xtask test` starts
 //! (the ClickHouse engine behind its HTTP front, or the server named by `CLICKHOUSE_URL`).
 
+mod catalog;
 mod clickhouse_front;
+mod endpoints;
+mod examples;
 mod handler;
 mod helpers;
+mod host;
 mod sample_data;

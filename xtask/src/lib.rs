@@ -1,6 +1,7 @@
 //! Developer tasks for chgate, and the pieces the test suite shares with them: how to reach
 //! ClickHouse, the local ClickHouse server, and the sample analytics data.
 
+pub mod bench;
 pub mod connection;
 pub mod local_clickhouse;
 pub mod sample;

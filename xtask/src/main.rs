@@ -37,6 +37,16 @@ enum Task {
         #[command(subcommand)]
         action: ClickhouseAction,
     },
+    /// Compare the same endpoint queries straight to ClickHouse and through the handler
+    /// (release build): p50/p99 latency and requests/s at several concurrency levels.
+    Bench {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        concurrency: Vec<usize>,
+    },
     /// Load deterministic sample analytics data into the events table (replacing its rows).
     Seed {
         #[arg(long, default_value_t = 1_000_000)]
@@ -141,6 +151,28 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
             }
             return outcome;
         }
+        Task::Bench {
+            seconds,
+            concurrency,
+        } => {
+            let (connection, started) = clickhouse(&local).await?;
+            let outcome = ensure_sample_data(&connection, 1_000_000).await;
+            let outcome = match outcome {
+                Ok(()) => {
+                    xtask::bench::run(
+                        &connection,
+                        std::time::Duration::from_secs(seconds),
+                        &concurrency,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            if started {
+                local.stop().await?;
+            }
+            outcome?;
+        }
         Task::Dev { rows } => {
             let (connection, started) = clickhouse(&local).await?;
             let outcome = run_dev(&connection, rows).await;
@@ -234,7 +266,8 @@ async fn run_tests(connection: &Connection, args: &[String]) -> anyhow::Result<E
     })
 }
 
-async fn run_dev(connection: &Connection, rows: u64) -> anyhow::Result<ExitCode> {
+/// Seeds the events table when it is missing or empty.
+async fn ensure_sample_data(connection: &Connection, rows: u64) -> anyhow::Result<()> {
     let count = connection
         .client()
         .query("SELECT count() FROM events")
@@ -242,10 +275,15 @@ async fn run_dev(connection: &Connection, rows: u64) -> anyhow::Result<ExitCode>
         .await
         .unwrap_or(0);
     if count == 0 {
-        seed_events(connection, "events", rows, sample::DEFAULT_SEED).await?;
+        seed_events(connection, "events", rows, sample::DEFAULT_SEED).await
     } else {
         println!("Sample data present ({count} events)");
+        Ok(())
     }
+}
+
+async fn run_dev(connection: &Connection, rows: u64) -> anyhow::Result<ExitCode> {
+    ensure_sample_data(connection, rows).await?;
     let port = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").unwrap_or_else(|_| "7071".to_owned());
     println!("Starting the handler on http://127.0.0.1:{port} (Ctrl-C stops everything)");
     let mut handler = Command::new(env!("CARGO"))

@@ -1,0 +1,676 @@
+//! One query endpoint, loaded from its folder and cross-checked: the SQL's placeholders
+//! against the declared parameters, the function.json against what the Functions host
+//! accepts, the limits against the host's HTTP time limit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::files::{BindingJson, EndpointToml, FunctionJson};
+use super::format::OutputFormat;
+use super::param::ParamSpec;
+use super::route::Route;
+use super::sql;
+use super::types::ParamType;
+
+/// Parameters bound from the verified caller identity, never from the request.
+pub const RESERVED_CALLER_PARAMS: [&str; 3] = ["caller_tenant", "caller_subject", "caller_role"];
+
+/// Request keys with a meaning of their own, which no endpoint parameter may take.
+pub const RESERVED_REQUEST_KEYS: [&str; 1] = ["format"];
+
+/// Any HTTP answer must come within 230 s (the Azure load balancer's idle limit); a query gets
+/// at most this much of it, leaving time to send the result.
+pub const MAX_EXECUTION_TIME_CAP: Duration = Duration::from_secs(220);
+
+/// Limits applied when endpoint.toml's `[limits]` leaves one out.
+pub const DEFAULT_MAX_EXECUTION_TIME: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_ROWS: u64 = 100_000;
+pub const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
+
+/// The HTTP methods a query endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+        }
+    }
+}
+
+/// How the Functions host guards the function (keys are checked by the host, not here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthLevel {
+    Anonymous,
+    Function,
+    Admin,
+}
+
+/// Bounds ClickHouse enforces on every run of the query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_rows: u64,
+    pub max_bytes: u64,
+    pub max_execution_time: Duration,
+}
+
+/// A problem found while loading the catalog: where (file relative to the catalog folder,
+/// line when known) and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// A validated query endpoint.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    name: String,
+    route: Route,
+    methods: Vec<Method>,
+    auth_level: AuthLevel,
+    description: String,
+    sql: String,
+    params: Vec<ParamSpec>,
+    caller_params: Vec<&'static str>,
+    limits: Limits,
+    formats: Vec<OutputFormat>,
+    cache_ttl: Option<Duration>,
+    roles: Vec<String>,
+}
+
+impl Endpoint {
+    /// The function name (its folder's name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+    pub fn methods(&self) -> &[Method] {
+        &self.methods
+    }
+    pub fn auth_level(&self) -> AuthLevel {
+        self.auth_level
+    }
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+    /// Declared parameters, in name order.
+    pub fn params(&self) -> &[ParamSpec] {
+        &self.params
+    }
+    pub fn param(&self, name: &str) -> Option<&ParamSpec> {
+        self.params.iter().find(|p| p.name() == name)
+    }
+    /// Reserved caller parameters the SQL uses.
+    pub fn caller_params(&self) -> &[&'static str] {
+        &self.caller_params
+    }
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    pub fn formats(&self) -> &[OutputFormat] {
+        &self.formats
+    }
+    pub fn cache_ttl(&self) -> Option<Duration> {
+        self.cache_ttl
+    }
+    pub fn roles(&self) -> &[String] {
+        &self.roles
+    }
+}
+
+/// What a function folder turned out to be.
+#[derive(Debug)]
+pub enum Loaded {
+    Query(Box<Endpoint>),
+    /// A function the host serves without this catalog (not an HTTP query endpoint).
+    Other,
+}
+
+/// Collects problems for one folder, with paths relative to the catalog root.
+struct Problems<'a> {
+    folder: &'a str,
+    found: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, file: &str, line: Option<usize>, message: impl Into<String>) {
+        self.found.push(Problem {
+            file: Path::new(self.folder).join(file),
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+/// Loads `root/<name>/`, returning every problem found rather than the first.
+pub fn load(root: &Path, name: &str, route_prefix: &str) -> Result<Loaded, Vec<Problem>> {
+    let dir = root.join(name);
+    let mut problems = Problems {
+        folder: name,
+        found: Vec::new(),
+    };
+    let has_sql = dir.join("query.sql").exists();
+    let has_toml = dir.join("endpoint.toml").exists();
+
+    if !is_function_name(name) {
+        problems.add(
+            "",
+            None,
+            "function folder names may hold only letters, digits, '_' and '-'",
+        );
+    } else if name.eq_ignore_ascii_case(route_prefix) {
+        problems.add(
+            "",
+            None,
+            format!("a function may not be named like the route prefix {route_prefix:?}"),
+        );
+    }
+    let function_json = match read(&dir.join("function.json")) {
+        Ok(text) => match serde_json::from_str::<FunctionJson>(&text) {
+            Ok(function_json) => Some(function_json),
+            Err(error) => {
+                problems.add(
+                    "function.json",
+                    Some(error.line()),
+                    format!("not valid function.json: {error}"),
+                );
+                None
+            }
+        },
+        Err(message) => {
+            problems.add("function.json", None, message);
+            None
+        }
+    };
+    let Some(function_json) = function_json else {
+        return Err(problems.found);
+    };
+    let trigger = check_bindings(&function_json.bindings, has_sql || has_toml, &mut problems);
+    let Some(trigger) = trigger else {
+        return if problems.found.is_empty() {
+            Ok(Loaded::Other)
+        } else {
+            Err(problems.found)
+        };
+    };
+    if function_json.disabled && problems.found.is_empty() {
+        return Ok(Loaded::Other);
+    }
+    for (exists, file) in [(has_sql, "query.sql"), (has_toml, "endpoint.toml")] {
+        if !exists {
+            problems.add(
+                file,
+                None,
+                format!("missing: an HTTP function here is a query endpoint and needs {file}"),
+            );
+        }
+    }
+    let route = match Route::parse(trigger.route.as_deref().unwrap_or(name)) {
+        Ok(route) => Some(route),
+        Err(message) => {
+            problems.add("function.json", None, format!("route: {message}"));
+            None
+        }
+    };
+    let methods = methods(trigger, &mut problems);
+    let auth_level = auth_level(trigger, &mut problems);
+    if !has_sql || !has_toml {
+        return Err(problems.found);
+    }
+
+    let (sql_text, toml_text) = match (
+        read(&dir.join("query.sql")),
+        read(&dir.join("endpoint.toml")),
+    ) {
+        (Ok(sql), Ok(toml)) => (sql, toml),
+        (sql, toml) => {
+            for (result, file) in [(sql, "query.sql"), (toml, "endpoint.toml")] {
+                if let Err(message) = result {
+                    problems.add(file, None, message);
+                }
+            }
+            return Err(problems.found);
+        }
+    };
+    let endpoint_toml = match toml::from_str::<EndpointToml>(&toml_text) {
+        Ok(endpoint_toml) => endpoint_toml,
+        Err(error) => {
+            let line = error.span().map(|span| line_of(&toml_text, span.start));
+            problems.add("endpoint.toml", line, error.message().trim().to_owned());
+            return Err(problems.found);
+        }
+    };
+    let params = build_params(&endpoint_toml, &toml_text, &mut problems);
+    let caller_params = check_sql(
+        &sql_text,
+        &params,
+        &endpoint_toml,
+        &toml_text,
+        &mut problems,
+    );
+    if let Some(route) = &route {
+        for route_param in route.param_names() {
+            if !params.contains_key(route_param) {
+                problems.add(
+                    "function.json",
+                    None,
+                    format!("route parameter {{{route_param}}} is not declared; add [params.{route_param}] to endpoint.toml"),
+                );
+            }
+        }
+    }
+    let limits = limits(&endpoint_toml, &toml_text, &mut problems);
+    let formats = formats(&endpoint_toml, &toml_text, &mut problems);
+    if endpoint_toml.description.trim().is_empty() {
+        problems.add(
+            "endpoint.toml",
+            None,
+            "description is empty; say what the endpoint returns",
+        );
+    }
+
+    match (route, problems.found.is_empty()) {
+        (Some(route), true) => Ok(Loaded::Query(Box::new(Endpoint {
+            name: name.to_owned(),
+            route,
+            methods,
+            auth_level,
+            description: endpoint_toml.description.trim().to_owned(),
+            sql: sql_text,
+            params: params.into_values().collect(),
+            caller_params,
+            limits,
+            formats,
+            cache_ttl: endpoint_toml
+                .cache_ttl
+                .filter(|ttl| *ttl > 0)
+                .map(Duration::from_secs),
+            roles: endpoint_toml.roles,
+        }))),
+        _ => Err(problems.found),
+    }
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|error| format!("cannot read: {error}"))
+}
+
+fn is_function_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Checks the bindings as the host would, returning the HTTP trigger of a query endpoint.
+fn check_bindings<'a>(
+    bindings: &'a [BindingJson],
+    is_query: bool,
+    problems: &mut Problems<'_>,
+) -> Option<&'a BindingJson> {
+    let triggers: Vec<&BindingJson> = bindings
+        .iter()
+        .filter(|b| b.kind.ends_with("Trigger"))
+        .collect();
+    let http_trigger = triggers.iter().copied().find(|b| b.kind == "httpTrigger");
+    if triggers.len() != 1 {
+        problems.add(
+            "function.json",
+            None,
+            format!(
+                "a function needs exactly one trigger binding, this one has {}",
+                triggers.len()
+            ),
+        );
+        return None;
+    }
+    let Some(trigger) = http_trigger else {
+        if is_query {
+            problems.add(
+                "function.json",
+                None,
+                format!(
+                    "a query endpoint needs an httpTrigger binding, not {}; use {{\"type\": \"httpTrigger\", \"direction\": \"in\", \"name\": \"req\"}}",
+                    triggers[0].kind
+                ),
+            );
+        }
+        return None;
+    };
+    if trigger.direction != "in" {
+        problems.add(
+            "function.json",
+            None,
+            "the httpTrigger binding needs \"direction\": \"in\"",
+        );
+    }
+    if trigger.name.is_empty() {
+        problems.add(
+            "function.json",
+            None,
+            "the httpTrigger binding needs a \"name\" (for example \"req\")",
+        );
+    }
+    let http_outputs = bindings
+        .iter()
+        .filter(|b| b.kind == "http" && b.direction == "out")
+        .count();
+    if http_outputs != 1 {
+        problems.add(
+            "function.json",
+            None,
+            "an HTTP function needs one http output binding: {\"type\": \"http\", \"direction\": \"out\", \"name\": \"res\"}",
+        );
+    }
+    let others = bindings
+        .iter()
+        .filter(|b| !b.kind.ends_with("Trigger") && b.kind != "http")
+        .count();
+    if others > 0 {
+        problems.add(
+            "function.json",
+            None,
+            "a query endpoint has only its httpTrigger and http output: the host forwards requests as-is only to such functions",
+        );
+    }
+    Some(trigger)
+}
+
+fn methods(trigger: &BindingJson, problems: &mut Problems<'_>) -> Vec<Method> {
+    let Some(names) = &trigger.methods else {
+        return vec![Method::Get, Method::Post];
+    };
+    let mut methods = Vec::new();
+    for name in names {
+        match name.to_ascii_lowercase().as_str() {
+            "get" => methods.push(Method::Get),
+            "post" => methods.push(Method::Post),
+            other => problems.add(
+                "function.json",
+                None,
+                format!("method {other:?}: query endpoints answer \"get\" (query string) and \"post\" (JSON body) only"),
+            ),
+        }
+    }
+    methods.sort();
+    methods.dedup();
+    if methods.is_empty() && problems.found.is_empty() {
+        problems.add(
+            "function.json",
+            None,
+            "\"methods\" is empty; list \"get\" and/or \"post\"",
+        );
+    }
+    methods
+}
+
+fn auth_level(trigger: &BindingJson, problems: &mut Problems<'_>) -> AuthLevel {
+    match trigger
+        .auth_level
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("function") => AuthLevel::Function,
+        Some("anonymous") => AuthLevel::Anonymous,
+        Some("admin") => AuthLevel::Admin,
+        Some(other) => {
+            problems.add(
+                "function.json",
+                None,
+                format!("authLevel {other:?} is not one the host knows: use anonymous, function or admin"),
+            );
+            AuthLevel::Function
+        }
+    }
+}
+
+/// The line of `[params.<name>]` (or of any mention of the name) in endpoint.toml.
+fn param_line(toml_text: &str, name: &str) -> Option<usize> {
+    let header = format!("[params.{name}]");
+    toml_text
+        .lines()
+        .position(|line| line.trim() == header)
+        .or_else(|| toml_text.lines().position(|line| line.contains(name)))
+        .map(|index| index + 1)
+}
+
+fn key_line(toml_text: &str, key: &str) -> Option<usize> {
+    toml_text
+        .lines()
+        .position(|line| line.trim_start().starts_with(key) && line.contains('='))
+        .map(|index| index + 1)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn build_params(
+    endpoint_toml: &EndpointToml,
+    toml_text: &str,
+    problems: &mut Problems<'_>,
+) -> BTreeMap<String, ParamSpec> {
+    let mut params = BTreeMap::new();
+    for (name, param_toml) in &endpoint_toml.params {
+        let line = param_line(toml_text, name);
+        if RESERVED_CALLER_PARAMS.contains(&name.as_str()) {
+            problems.add(
+                "endpoint.toml",
+                line,
+                format!("[params.{name}]: {name} is a reserved caller parameter, bound from the caller's verified identity; remove it from endpoint.toml and use {{{name}:String}} in query.sql"),
+            );
+            continue;
+        }
+        if RESERVED_REQUEST_KEYS.contains(&name.as_str()) {
+            problems.add(
+                "endpoint.toml",
+                line,
+                format!("[params.{name}]: `{name}` is reserved for choosing the result format; rename the parameter"),
+            );
+            continue;
+        }
+        match ParamSpec::from_toml(name, param_toml.clone()) {
+            Ok(spec) => {
+                params.insert(name.clone(), spec);
+            }
+            Err(messages) => {
+                for message in messages {
+                    problems.add("endpoint.toml", line, format!("[params.{name}]: {message}"));
+                }
+            }
+        }
+    }
+    params
+}
+
+/// Cross-checks query.sql with the declared parameters; returns the caller parameters used.
+fn check_sql(
+    sql_text: &str,
+    params: &BTreeMap<String, ParamSpec>,
+    endpoint_toml: &EndpointToml,
+    toml_text: &str,
+    problems: &mut Problems<'_>,
+) -> Vec<&'static str> {
+    let scan = sql::scan(sql_text);
+    if scan.first_keyword.is_empty() {
+        problems.add("query.sql", None, "the query is empty");
+    } else if !matches!(scan.first_keyword.as_str(), "SELECT" | "WITH" | "(") {
+        problems.add(
+            "query.sql",
+            Some(1),
+            format!(
+                "query endpoints run one read-only SELECT; this query starts with {}",
+                scan.first_keyword
+            ),
+        );
+    }
+    for line in &scan.extra_statements {
+        problems.add("query.sql", Some(*line), "a second SQL statement: an endpoint runs exactly one; remove everything after the first ';'");
+    }
+    if let Some((line, clause)) = &scan.output_clause {
+        problems.add(
+            "query.sql",
+            Some(*line),
+            format!("remove the {clause} clause: the caller chooses the result format (?format=), and results go only to the caller"),
+        );
+    }
+    let mut used: HashMap<&str, ParamType> = HashMap::new();
+    let mut caller_params = Vec::new();
+    for placeholder in &scan.placeholders {
+        let shown = format!("{{{}:{}}}", placeholder.name, placeholder.type_text);
+        let line = Some(placeholder.line);
+        let parsed = match placeholder.type_text.parse::<ParamType>() {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                problems.add("query.sql", line, format!("placeholder {shown}: {error}"));
+                continue;
+            }
+        };
+        if let Some(reserved) = RESERVED_CALLER_PARAMS
+            .iter()
+            .find(|r| **r == placeholder.name)
+        {
+            if parsed != ParamType::String {
+                problems.add(
+                    "query.sql",
+                    line,
+                    format!(
+                        "placeholder {shown}: {reserved} is a String; write {{{reserved}:String}}"
+                    ),
+                );
+            }
+            if !caller_params.contains(reserved) {
+                caller_params.push(*reserved);
+            }
+            continue;
+        }
+        if let Some(earlier) = used.get(placeholder.name.as_str())
+            && *earlier != parsed
+        {
+            problems.add(
+                "query.sql",
+                line,
+                format!("placeholder {shown} uses type {parsed} where an earlier one uses {earlier}; a parameter has one type"),
+            );
+        }
+        used.insert(&placeholder.name, parsed.clone());
+        match params.get(&placeholder.name) {
+            Some(spec) if *spec.ty() != parsed => problems.add(
+                "query.sql",
+                line,
+                format!(
+                    "placeholder {shown} does not match its declaration: endpoint.toml says type = \"{}\"; make them the same",
+                    spec.ty()
+                ),
+            ),
+            Some(_) => {}
+            None if endpoint_toml.params.contains_key(&placeholder.name) => {} // declared, but broken: reported already
+            None => problems.add(
+                "query.sql",
+                line,
+                format!(
+                    "placeholder {shown} is not declared; add [params.{}] with type = \"{parsed}\" to endpoint.toml",
+                    placeholder.name
+                ),
+            ),
+        }
+    }
+    for name in endpoint_toml.params.keys() {
+        if !used.contains_key(name.as_str()) && !RESERVED_CALLER_PARAMS.contains(&name.as_str()) {
+            problems.add(
+                "endpoint.toml",
+                param_line(toml_text, name),
+                format!("[params.{name}] is declared but query.sql never uses {{{name}:...}}; use it or remove it"),
+            );
+        }
+    }
+    caller_params
+}
+
+fn limits(endpoint_toml: &EndpointToml, toml_text: &str, problems: &mut Problems<'_>) -> Limits {
+    let limits = &endpoint_toml.limits;
+    let max_execution_time = limits
+        .max_execution_time
+        .map_or(DEFAULT_MAX_EXECUTION_TIME, Duration::from_secs);
+    if max_execution_time.is_zero() || max_execution_time > MAX_EXECUTION_TIME_CAP {
+        problems.add(
+            "endpoint.toml",
+            key_line(toml_text, "max_execution_time"),
+            format!(
+                "limits.max_execution_time must be 1 to {} seconds: an HTTP-triggered function must answer within 230 s",
+                MAX_EXECUTION_TIME_CAP.as_secs()
+            ),
+        );
+    }
+    for (value, key) in [
+        (limits.max_rows, "max_rows"),
+        (limits.max_bytes, "max_bytes"),
+    ] {
+        if value == Some(0) {
+            problems.add(
+                "endpoint.toml",
+                key_line(toml_text, key),
+                format!("limits.{key} must be at least 1"),
+            );
+        }
+    }
+    Limits {
+        max_rows: limits.max_rows.unwrap_or(DEFAULT_MAX_ROWS),
+        max_bytes: limits.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+        max_execution_time,
+    }
+}
+
+fn formats(
+    endpoint_toml: &EndpointToml,
+    toml_text: &str,
+    problems: &mut Problems<'_>,
+) -> Vec<OutputFormat> {
+    let Some(names) = &endpoint_toml.formats else {
+        return OutputFormat::ALL.to_vec();
+    };
+    let mut formats = Vec::new();
+    for name in names {
+        match name.parse::<OutputFormat>() {
+            Ok(format) if !formats.contains(&format) => formats.push(format),
+            Ok(_) => {}
+            Err(message) => problems.add(
+                "endpoint.toml",
+                key_line(toml_text, "formats"),
+                format!("formats: {message}"),
+            ),
+        }
+    }
+    if formats.is_empty() && names.is_empty() {
+        problems.add(
+            "endpoint.toml",
+            key_line(toml_text, "formats"),
+            "formats is empty; list at least one or leave the key out",
+        );
+    }
+    formats
+}

@@ -1,0 +1,68 @@
+//! Serde mirrors of an endpoint folder's files, exactly as written on disk: `function.json`
+//! (Azure's format, read leniently: the host owns it and may add keys) and `endpoint.toml`
+//! (ours, read strictly: an unknown key is a typo to report, never to ignore).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::param::ParamToml;
+
+/// `function.json`: the bindings of one function.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionJson {
+    #[serde(default)]
+    pub bindings: Vec<BindingJson>,
+    /// A disabled function is not served (the host honours the same flag).
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// One binding of a function.json.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingJson {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub direction: String,
+    #[serde(default)]
+    pub name: String,
+    /// `anonymous`, `function` or `admin`; the host's default is `function`.
+    pub auth_level: Option<String>,
+    /// HTTP methods; the host's default is every method.
+    pub methods: Option<Vec<String>>,
+    /// Route template; the host's default is the function name.
+    pub route: Option<String>,
+}
+
+/// `endpoint.toml`: what the endpoint is and the rules for its parameters and results.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointToml {
+    /// One or two sentences for the API's documentation.
+    pub description: String,
+    /// Roles that may call the endpoint (enforced by access control).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Result formats callers may ask for; all supported formats when absent.
+    pub formats: Option<Vec<String>>,
+    /// Seconds a result may be served from cache; absent or 0 means never cached.
+    pub cache_ttl: Option<u64>,
+    #[serde(default)]
+    pub limits: LimitsToml,
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamToml>,
+}
+
+/// `[limits]`: bounds ClickHouse enforces for each run of the query.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsToml {
+    /// Rows a result may have (`max_result_rows`); more is an error, never a cut.
+    pub max_rows: Option<u64>,
+    /// Uncompressed bytes a result may have (`max_result_bytes`).
+    pub max_bytes: Option<u64>,
+    /// Seconds the query may run (`max_execution_time`).
+    pub max_execution_time: Option<u64>,
+}

@@ -1,0 +1,323 @@
+//! Serving a query endpoint: one handler for every endpoint in the catalog. Both ways the
+//! Functions host can reach us (a forwarded HTTP request, or an invocation payload) end up in
+//! [`start_query`], which checks the request, runs the query and holds back the first part of
+//! the result so that a failure early in the result still gets an honest status.
+
+use actix_web::http::header;
+use actix_web::web::{Bytes, Data};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::stream;
+
+use super::negotiate::choose_format;
+use super::problem::ApiError;
+use super::request_id::request_id;
+use crate::catalog::format::OutputFormat;
+use crate::catalog::{Catalog, Endpoint, Method, RouteMatch};
+use crate::query::{QueryRunner, RequestValues, ResultStream, bind};
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub catalog: Catalog,
+    pub runner: QueryRunner,
+    /// Result bytes held back before the status is committed (see ARCHITECTURE.md, "No error
+    /// behind a 200").
+    pub response_buffer_bytes: usize,
+}
+
+/// One query request, however it arrived.
+#[derive(Debug)]
+pub struct QueryRequest<'a> {
+    pub endpoint: &'a Endpoint,
+    pub method: Method,
+    pub route_params: Vec<(String, String)>,
+    pub query_pairs: Vec<(String, String)>,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+    pub accept: Option<String>,
+}
+
+/// A query that has started answering.
+#[derive(Debug)]
+pub struct Started {
+    pub format: OutputFormat,
+    /// The first part of the result (all of it when `rest` is `None`).
+    pub head: Vec<Bytes>,
+    pub rest: Option<ResultStream>,
+}
+
+/// Checks the request, runs the query and reads the result up to `buffer_limit` bytes.
+pub async fn start_query(
+    state: &AppState,
+    mut request: QueryRequest<'_>,
+    request_id: &str,
+    buffer_limit: usize,
+) -> Result<Started, ApiError> {
+    let endpoint = request.endpoint;
+    let format_param = take_format(&mut request.query_pairs)?;
+    let format = choose_format(endpoint, format_param.as_deref(), request.accept.as_deref())
+        .map_err(ApiError::NotAcceptable)?;
+    let values = request_values(&request)?;
+    let params = bind(endpoint, &request.route_params, &values)?;
+    if !endpoint.caller_params().is_empty() {
+        // Reserved caller parameters come only from a verified identity.
+        return Err(ApiError::Unauthenticated);
+    }
+    let mut stream = state
+        .runner
+        .start(endpoint, &params, format, request_id)
+        .map_err(|error| query_failure(&error, endpoint, request_id))?;
+    let mut head = Vec::new();
+    let mut held = 0usize;
+    while held < buffer_limit {
+        match stream.next().await {
+            Ok(Some(chunk)) => {
+                held += chunk.len();
+                head.push(chunk);
+            }
+            Ok(None) => {
+                return Ok(Started {
+                    format,
+                    head,
+                    rest: None,
+                });
+            }
+            Err(error) => return Err(query_failure(&error, endpoint, request_id)),
+        }
+    }
+    Ok(Started {
+        format,
+        head,
+        rest: Some(stream),
+    })
+}
+
+fn query_failure(
+    error: &crate::query::QueryError,
+    endpoint: &Endpoint,
+    request_id: &str,
+) -> ApiError {
+    let api_error = ApiError::from_query(error, request_id);
+    // Logged once, here, with the full cause: the response says only what the caller may see.
+    tracing::warn!(endpoint.name = endpoint.name(), request.id = request_id, error = %error, code = api_error.status_and_code().1, "query failed");
+    api_error
+}
+
+/// Removes `format` from the query-string pairs.
+fn take_format(pairs: &mut Vec<(String, String)>) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    let mut repeated = false;
+    pairs.retain(|(key, value)| {
+        if key == "format" {
+            repeated |= found.is_some();
+            found = Some(value.clone());
+            false
+        } else {
+            true
+        }
+    });
+    if repeated {
+        return Err(ApiError::NotAcceptable("give ?format= once".into()));
+    }
+    Ok(found)
+}
+
+/// GET carries parameters in the query string; POST in a JSON object body.
+fn request_values(request: &QueryRequest<'_>) -> Result<RequestValues, ApiError> {
+    match request.method {
+        Method::Get => {
+            if !request.body.is_empty() {
+                return Err(ApiError::InvalidBody(
+                    "a GET request has no body; send parameters in the query string or use POST"
+                        .into(),
+                ));
+            }
+            Ok(RequestValues::Query(request.query_pairs.clone()))
+        }
+        Method::Post => {
+            if let Some((key, _)) = request.query_pairs.first() {
+                return Err(ApiError::InvalidBody(format!(
+                    "with POST, parameters go in the JSON body; move `{}` out of the query string",
+                    truncate(key)
+                )));
+            }
+            if request.body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(RequestValues::Json(serde_json::Map::new()));
+            }
+            let is_json = request.content_type.as_deref().is_none_or(|ct| {
+                let media = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                media == "application/json" || media.ends_with("+json")
+            });
+            if !is_json {
+                return Err(ApiError::InvalidBody(
+                    "send parameters as a JSON object with Content-Type: application/json".into(),
+                ));
+            }
+            match serde_json::from_slice::<serde_json::Value>(&request.body) {
+                Ok(serde_json::Value::Object(object)) => Ok(RequestValues::Json(object)),
+                Ok(_) => Err(ApiError::InvalidBody(
+                    "the body must be a JSON object of parameter values".into(),
+                )),
+                Err(error) => Err(ApiError::InvalidBody(format!(
+                    "the body is not valid JSON: {error}"
+                ))),
+            }
+        }
+    }
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// The handler for forwarded requests: `/<routePrefix>/<route>`.
+pub async fn run_query(request: HttpRequest, body: Bytes, state: Data<AppState>) -> HttpResponse {
+    let request_id = request_id(&request);
+    let prefix = state.catalog.route_prefix();
+    let path = request.path().trim_start_matches('/');
+    let below_prefix = if prefix.is_empty() {
+        Some(path)
+    } else {
+        path.strip_prefix(prefix)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    let Some(route_path) = below_prefix else {
+        return ApiError::NotFound(request.path().to_owned()).to_response(&request_id);
+    };
+    let method = match *request.method() {
+        actix_web::http::Method::GET => Some(Method::Get),
+        actix_web::http::Method::POST => Some(Method::Post),
+        _ => None,
+    };
+    let (endpoint, route_params) = match method.map(|m| state.catalog.match_route(route_path, m)) {
+        Some(RouteMatch::Found {
+            endpoint,
+            route_params,
+        }) => (endpoint, route_params),
+        Some(RouteMatch::MethodNotAllowed(allowed)) => {
+            return ApiError::MethodNotAllowed {
+                method: request.method().to_string(),
+                allowed,
+            }
+            .to_response(&request_id);
+        }
+        Some(RouteMatch::NotFound) => {
+            return ApiError::NotFound(request.path().to_owned()).to_response(&request_id);
+        }
+        None => {
+            // Not GET or POST: a 405 if the path exists for any method, else a 404.
+            return match state.catalog.match_route(route_path, Method::Get) {
+                RouteMatch::NotFound => match state.catalog.match_route(route_path, Method::Post) {
+                    RouteMatch::NotFound => ApiError::NotFound(request.path().to_owned()),
+                    RouteMatch::Found { endpoint, .. } => {
+                        method_not_allowed(&request, endpoint.methods().to_vec())
+                    }
+                    RouteMatch::MethodNotAllowed(allowed) => method_not_allowed(&request, allowed),
+                },
+                RouteMatch::Found { endpoint, .. } => {
+                    method_not_allowed(&request, endpoint.methods().to_vec())
+                }
+                RouteMatch::MethodNotAllowed(allowed) => method_not_allowed(&request, allowed),
+            }
+            .to_response(&request_id);
+        }
+    };
+    let query_request = QueryRequest {
+        endpoint,
+        method: method.unwrap_or(Method::Get),
+        route_params: decode_route_params(route_params),
+        query_pairs: query_pairs(request.query_string()),
+        content_type: header_text(&request, header::CONTENT_TYPE.as_str()),
+        body,
+        accept: header_text(&request, header::ACCEPT.as_str()),
+    };
+    match start_query(
+        &state,
+        query_request,
+        &request_id,
+        state.response_buffer_bytes,
+    )
+    .await
+    {
+        Ok(started) => stream_response(started, request_id, endpoint.name().to_owned()),
+        Err(error) => error.to_response(&request_id),
+    }
+}
+
+fn method_not_allowed(request: &HttpRequest, allowed: Vec<Method>) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        allowed,
+    }
+}
+
+fn header_text(request: &HttpRequest, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Query-string pairs, percent-decoded (`+` as space), keys repeated as often as sent.
+/// Invalid UTF-8 is replaced rather than refused: the parameter's parser then judges the text.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect()
+}
+
+fn decode_route_params(params: Vec<(String, String)>) -> Vec<(String, String)> {
+    params
+        .into_iter()
+        .map(|(name, value)| {
+            (
+                name,
+                percent_encoding::percent_decode_str(&value)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The HTTP response: whole when the result fit in the buffer, streamed otherwise.
+fn stream_response(started: Started, request_id: String, endpoint_name: String) -> HttpResponse {
+    let mut response = HttpResponse::Ok();
+    response
+        .insert_header((header::CONTENT_TYPE, started.format.content_type()))
+        .insert_header(("X-Request-Id", request_id.clone()));
+    let Some(rest) = started.rest else {
+        let body: Vec<u8> = started.head.concat();
+        return response.body(body);
+    };
+    let head = stream::iter(started.head.into_iter().map(Ok::<Bytes, actix_web::Error>));
+    let tail = stream::unfold(Some(rest), move |state| {
+        let request_id = request_id.clone();
+        let endpoint_name = endpoint_name.clone();
+        async move {
+            let mut rest = state?;
+            match rest.next().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(rest))),
+                Ok(None) => None,
+                Err(error) => {
+                    // The status is already sent: ending the body abnormally (no final chunk)
+                    // is the signal every HTTP client reports as a failed transfer.
+                    tracing::error!(endpoint.name = %endpoint_name, request.id = %request_id, error = %error, "query failed after the response started; aborting the body");
+                    Some((
+                        Err(actix_web::error::ErrorInternalServerError(
+                            "result stream failed",
+                        )),
+                        None,
+                    ))
+                }
+            }
+        }
+    });
+    response.streaming(futures_util::StreamExt::chain(head, tail))
+}

@@ -1,0 +1,102 @@
+//! What can go wrong running a query, in terms the HTTP edge can map to a status.
+
+/// A failed query.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// ClickHouse answered with an exception.
+    #[error("clickhouse exception {code} ({name})")]
+    Exception {
+        code: u32,
+        name: String,
+        message: String,
+    },
+    /// ClickHouse could not be reached, or the connection broke.
+    #[error("clickhouse unreachable: {0}")]
+    Unavailable(String),
+    /// Anything else (a client-side failure).
+    #[error("query failed: {0}")]
+    Other(String),
+}
+
+impl QueryError {
+    /// The ClickHouse exception code, when there is one.
+    pub fn code(&self) -> Option<u32> {
+        match self {
+            Self::Exception { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<clickhouse::error::Error> for QueryError {
+    fn from(error: clickhouse::error::Error) -> Self {
+        use clickhouse::error::Error;
+        match error {
+            Error::BadResponse(text) => parse_exception(&text).unwrap_or(Self::Other(text)),
+            Error::Network(source) => Self::Unavailable(source.to_string()),
+            Error::TimedOut => Self::Unavailable("timed out".into()),
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
+/// Reads `Code: N. DB::Exception: message (NAME) (version ...)`.
+fn parse_exception(text: &str) -> Option<QueryError> {
+    let start = text.find("Code: ")? + "Code: ".len();
+    let rest = &text[start..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let code = digits.parse().ok()?;
+    let message = rest
+        .split_once("DB::Exception: ")
+        .map_or(rest, |(_, message)| message);
+    let message = message.split(" (version ").next().unwrap_or(message).trim();
+    let (message, name) = match message.rfind(" (") {
+        Some(open) if message.ends_with(')') => {
+            let name = &message[open + 2..message.len() - 1];
+            if name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                (&message[..open], name.to_owned())
+            } else {
+                (message, String::new())
+            }
+        }
+        _ => (message, String::new()),
+    };
+    Some(QueryError::Exception {
+        code,
+        name,
+        message: message.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clickhouse_exception_text_is_parsed_into_code_name_and_message() {
+        let error = parse_exception(
+            "Code: 60. DB::Exception: Unknown table expression identifier 'x'. (UNKNOWN_TABLE) (version 26.9.2.1 (official build))",
+        )
+        .expect("parsed");
+        match error {
+            QueryError::Exception {
+                code,
+                name,
+                message,
+            } => {
+                assert_eq!(code, 60);
+                assert_eq!(name, "UNKNOWN_TABLE");
+                assert_eq!(message, "Unknown table expression identifier 'x'.");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn text_without_a_code_is_not_an_exception() {
+        assert!(parse_exception("bad gateway").is_none());
+    }
+}

@@ -1,0 +1,145 @@
+//! The Functions host contract, with the tests acting as the host (its binary cannot be
+//! installed here): forwarded requests under the route prefix, and invocation payloads for
+//! hosts that do not forward.
+
+use serde_json::{Value, json};
+
+use crate::helpers::spawn_app;
+
+fn invocation(method: &str, query: Value, headers: Value, body: Option<&str>) -> Value {
+    json!({
+        "Data": { "req": {
+            "Url": "https://example.azurewebsites.net/api/echo",
+            "Method": method,
+            "Query": query,
+            "Headers": headers,
+            "Params": {},
+            "Identities": [],
+            "Body": body,
+        }},
+        "Metadata": { "sys": { "MethodName": "echo", "UtcNow": "2026-12-04T10:00:00Z", "RandGuid": "7d4c" } },
+    })
+}
+
+#[tokio::test]
+async fn an_invocation_payload_gets_the_result_inside_a_200_envelope() {
+    let app = spawn_app().await;
+    let response = app
+        .api_client
+        .post(format!("{}/echo", app.address))
+        .header("X-Azure-Functions-InvocationId", "inv-1")
+        .json(&invocation(
+            "GET",
+            json!({"n": "5", "tags": "red,blue"}),
+            json!({"Accept": ["application/json"]}),
+            None,
+        ))
+        .send()
+        .await
+        .expect("invocation");
+    assert_eq!(response.status(), 200);
+    let envelope: Value = response.json().await.expect("envelope");
+    let res = &envelope["Outputs"]["res"];
+    assert_eq!(res["statusCode"], "200");
+    assert_eq!(res["headers"]["Content-Type"], "application/json");
+    assert_eq!(res["headers"]["X-Request-Id"], "inv-1");
+    assert!(envelope["Logs"].is_array());
+    let body: Value =
+        serde_json::from_str(res["body"].as_str().expect("body string")).expect("json body");
+    assert_eq!(body["data"][0]["n"], 5);
+    assert_eq!(body["data"][0]["tags"], json!(["red", "blue"]));
+}
+
+#[tokio::test]
+async fn an_invocation_with_a_json_body_binds_it() {
+    let app = spawn_app().await;
+    let payload = invocation(
+        "POST",
+        json!({}),
+        json!({"Content-Type": ["application/json"], "X-Request-Id": ["caller-9"]}),
+        Some(r#"{"n": -3, "s": "x"}"#),
+    );
+    let envelope: Value = app
+        .api_client
+        .post(format!("{}/echo", app.address))
+        .json(&payload)
+        .send()
+        .await
+        .expect("invocation")
+        .json()
+        .await
+        .expect("json");
+    let res = &envelope["Outputs"]["res"];
+    assert_eq!(res["statusCode"], "200");
+    assert_eq!(res["headers"]["X-Request-Id"], "caller-9");
+    let body: Value = serde_json::from_str(res["body"].as_str().expect("body")).expect("json");
+    assert_eq!(
+        (body["data"][0]["n"].clone(), body["data"][0]["s"].clone()),
+        (json!(-3), json!("x"))
+    );
+}
+
+#[tokio::test]
+async fn an_invocation_error_is_a_problem_inside_a_200_envelope() {
+    let app = spawn_app().await;
+    let response = app
+        .api_client
+        .post(format!("{}/echo", app.address))
+        .json(&invocation("GET", json!({"n": "99999"}), json!({}), None))
+        .send()
+        .await
+        .expect("invocation");
+    assert_eq!(
+        response.status(),
+        200,
+        "a non-2xx would fail the invocation in the host"
+    );
+    let envelope: Value = response.json().await.expect("json");
+    let res = &envelope["Outputs"]["res"];
+    assert_eq!(res["statusCode"], "400");
+    assert_eq!(res["headers"]["Content-Type"], "application/problem+json");
+    let problem: Value =
+        serde_json::from_str(res["body"].as_str().expect("body")).expect("problem");
+    assert_eq!(problem["code"], "invalid_param");
+    assert_eq!(problem["param"], "n");
+}
+
+#[tokio::test]
+async fn binary_formats_are_refused_in_invocation_mode() {
+    let app = spawn_app().await;
+    let envelope: Value = app
+        .api_client
+        .post(format!("{}/numbers", app.address))
+        .json(&invocation(
+            "GET",
+            json!({"rows": "3", "format": "parquet"}),
+            json!({}),
+            None,
+        ))
+        .send()
+        .await
+        .expect("invocation")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(envelope["Outputs"]["res"]["statusCode"], "406");
+}
+
+#[tokio::test]
+async fn forwarded_requests_use_the_route_prefix_from_host_json() {
+    let app = spawn_app().await;
+    let outside = app
+        .api_client
+        .get(format!("{}/echo", app.address))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(outside.status(), 404, "routes live under /api/");
+    let inside = app
+        .api_client
+        .get(format!("{}/api/echo", app.address))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(inside.status(), 200);
+}
