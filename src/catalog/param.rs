@@ -25,7 +25,8 @@ pub struct ParamToml {
     pub required: bool,
     /// The value when a request omits the parameter.
     pub default: Option<toml::Value>,
-    /// The smallest value accepted (numbers, dates and times).
+    /// The smallest value accepted (numbers, dates and times). Times without an offset, in
+    /// requests or here, compare as if they were UTC.
     pub min: Option<toml::Value>,
     /// The largest value accepted (numbers, dates and times).
     pub max: Option<toml::Value>,
@@ -1119,11 +1120,7 @@ fn parse_datetime(text: &str, precision: Option<u8>) -> Result<Scalar, String> {
         return unix_time(negative, &captures[2], fraction, precision);
     }
     let Some(captures) = DATETIME.captures(text) else {
-        return Err(match precision {
-            None => "not in the form 'YYYY-MM-DD hh:mm:ss', RFC 3339 or Unix seconds",
-            Some(_) => "not in the form 'YYYY-MM-DD hh:mm:ss[.fff]', RFC 3339 or Unix seconds",
-        }
-        .to_owned());
+        return Err(datetime_form_problem(text, precision));
     };
     let part = |index: usize| captures.get(index).map_or("", |found| found.as_str());
     let (hour, minute, second) = match captures.get(4) {
@@ -1161,6 +1158,22 @@ fn parse_datetime(text: &str, precision: Option<u8>) -> Result<Scalar, String> {
         value: ParamValue::Text(canonical),
         key: Some(Key::Exact(as_utc)),
     })
+}
+
+fn datetime_form_problem(text: &str, precision: Option<u8>) -> String {
+    let forms = match precision {
+        None => "not in the form 'YYYY-MM-DD hh:mm:ss', RFC 3339 or Unix seconds",
+        Some(_) => "not in the form 'YYYY-MM-DD hh:mm:ss[.fff]', RFC 3339 or Unix seconds",
+    };
+    // Query strings decode `+` as a space, which turns `+01:00` into ` 01:00`.
+    let lost_plus = text
+        .rsplit_once(' ')
+        .is_some_and(|(head, offset)| DATETIME.is_match(&format!("{head}+{offset}")));
+    if lost_plus {
+        format!("{forms} (in a query string, send the '+' of an offset as %2B)")
+    } else {
+        forms.to_owned()
+    }
 }
 
 /// Unix seconds, with a fraction for DateTime64 and a sign for instants before 1970.
@@ -1209,13 +1222,17 @@ fn utc_offset(text: &str) -> Result<UtcOffset, String> {
         // The regex leaves only `Z` or `z` without a colon.
         return Ok(UtcOffset::UTC);
     };
+    let (hours, minutes) = (number::<i8>(hours)?, number::<i8>(minutes)?);
+    // RFC 3339 offsets stay within a day; the time crate would take up to 25 hours.
+    if hours > 23 {
+        return Err("offset hours out of range".to_owned());
+    }
+    if minutes > 59 {
+        return Err("offset minutes out of range".to_owned());
+    }
     let sign = if text.starts_with('-') { -1 } else { 1 };
-    UtcOffset::from_hms(
-        sign * number::<i8>(hours)?,
-        sign * number::<i8>(minutes)?,
-        0,
-    )
-    .map_err(out_of_range)
+    UtcOffset::from_hms(sign * hours, sign * minutes, 0)
+        .map_err(|problem| format!("offset {}", out_of_range(problem)))
 }
 
 /// An instant as the Unix seconds text ClickHouse reads for DateTime and DateTime64
@@ -1243,4 +1260,1354 @@ fn unix_text(nanos: i128, digits: usize) -> Result<String, String> {
         text.push_str(sub.get(..digits).unwrap_or(&sub));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn table(text: &str) -> ParamToml {
+        toml::from_str(text).unwrap_or_else(|e| panic!("{text:?} should deserialize: {e}"))
+    }
+
+    fn declare(text: &str) -> ParamSpec {
+        ParamSpec::from_toml("p", table(text))
+            .unwrap_or_else(|problems| panic!("{text:?} should be accepted: {problems:?}"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match ParamSpec::from_toml("p", table(text)) {
+            Ok(spec) => panic!("{text:?} should be refused, got {spec:?}"),
+            Err(problems) => problems,
+        }
+    }
+
+    /// The one problem of a refused spec.
+    fn problem(text: &str) -> String {
+        let mut found = problems(text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.remove(0)
+    }
+
+    fn required(ty: &str) -> ParamSpec {
+        declare(&format!("type = \"{ty}\"\nrequired = true"))
+    }
+
+    fn query(spec: &ParamSpec, values: &[&str]) -> Result<ParamValue, ParamError> {
+        let values: Vec<String> = values.iter().map(|value| (*value).to_owned()).collect();
+        spec.parse(RawValue::Query(&values))
+    }
+
+    fn ok(spec: &ParamSpec, value: &str) -> ParamValue {
+        query(spec, &[value])
+            .unwrap_or_else(|e| panic!("{value:?} should parse as {}: {e}", spec.ty()))
+    }
+
+    fn refused(spec: &ParamSpec, value: &str) -> ParamError {
+        match query(spec, &[value]) {
+            Ok(parsed) => panic!(
+                "{value:?} should be refused as {}, got {parsed:?}",
+                spec.ty()
+            ),
+            Err(error) => error,
+        }
+    }
+
+    fn json_ok(spec: &ParamSpec, value: Json) -> ParamValue {
+        spec.parse(RawValue::Json(&value))
+            .unwrap_or_else(|e| panic!("{value} should parse as {}: {e}", spec.ty()))
+    }
+
+    fn json_refused(spec: &ParamSpec, value: Json) -> ParamError {
+        match spec.parse(RawValue::Json(&value)) {
+            Ok(parsed) => panic!("{value} should be refused as {}, got {parsed:?}", spec.ty()),
+            Err(error) => error,
+        }
+    }
+
+    fn text(value: &str) -> ParamValue {
+        ParamValue::Text(value.to_owned())
+    }
+
+    // --- integers
+
+    #[test]
+    fn uint8_takes_its_whole_range() {
+        let spec = required("UInt8");
+        assert_eq!(ok(&spec, "0"), ParamValue::UInt(0));
+        assert_eq!(ok(&spec, "255"), ParamValue::UInt(255));
+        assert_eq!(ok(&spec, "007"), ParamValue::UInt(7));
+        assert_eq!(ok(&spec, "-0"), ParamValue::UInt(0));
+    }
+
+    #[test]
+    fn uint8_rejects_256_with_the_range_in_the_message() {
+        let error = refused(&required("UInt8"), "256");
+        assert_eq!(error.problem(), "out of range for UInt8 (0..=255)");
+        assert!(
+            refused(&required("UInt8"), "-1")
+                .problem()
+                .contains("(0..=255)")
+        );
+    }
+
+    #[test]
+    fn signed_integers_take_their_bounds_and_no_further() {
+        let int8 = required("Int8");
+        assert_eq!(ok(&int8, "-128"), ParamValue::Int(-128));
+        assert_eq!(ok(&int8, "127"), ParamValue::Int(127));
+        assert_eq!(
+            refused(&int8, "128").problem(),
+            "out of range for Int8 (-128..=127)"
+        );
+        assert!(refused(&int8, "-129").problem().contains("out of range"));
+        let int64 = required("Int64");
+        assert_eq!(
+            ok(&int64, "-9223372036854775808"),
+            ParamValue::Int(i64::MIN)
+        );
+        assert_eq!(ok(&int64, "9223372036854775807"), ParamValue::Int(i64::MAX));
+        assert!(
+            refused(&int64, "9223372036854775808")
+                .problem()
+                .contains("out of range for Int64")
+        );
+        let int16 = required("Int16");
+        assert_eq!(ok(&int16, "-32768"), ParamValue::Int(-32768));
+        assert!(
+            refused(&int16, "32768")
+                .problem()
+                .contains("-32768..=32767")
+        );
+        let int32 = required("Int32");
+        assert_eq!(ok(&int32, "2147483647"), ParamValue::Int(2147483647));
+        assert!(
+            refused(&int32, "2147483648")
+                .problem()
+                .contains("out of range")
+        );
+    }
+
+    #[test]
+    fn uint64_takes_its_maximum_and_refuses_more_digits_than_any_integer() {
+        let spec = required("UInt64");
+        assert_eq!(
+            ok(&spec, "18446744073709551615"),
+            ParamValue::UInt(u64::MAX)
+        );
+        assert!(
+            refused(&spec, "18446744073709551616")
+                .problem()
+                .contains("out of range")
+        );
+        let huge = "9".repeat(100);
+        assert!(
+            refused(&spec, &huge)
+                .problem()
+                .contains("out of range for UInt64")
+        );
+        assert_eq!(ok(&required("UInt16"), "65535"), ParamValue::UInt(65535));
+        assert_eq!(
+            ok(&required("UInt32"), "4294967295"),
+            ParamValue::UInt(4294967295)
+        );
+    }
+
+    #[test]
+    fn integers_are_decimal_digits_only() {
+        let spec = required("Int32");
+        for bad in [
+            "", "+5", "1.0", " 5", "5 ", "0x10", "1e3", "--1", "-", "٣", "five",
+        ] {
+            assert!(
+                refused(&spec, bad).problem().starts_with("not an integer"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn integers_come_from_json_numbers_and_quoted_numbers() {
+        let spec = required("UInt64");
+        assert_eq!(json_ok(&spec, json!(42)), ParamValue::UInt(42));
+        assert_eq!(
+            json_ok(&spec, json!("18446744073709551615")),
+            ParamValue::UInt(u64::MAX)
+        );
+        assert!(
+            json_refused(&spec, json!(1.5))
+                .problem()
+                .starts_with("not an integer")
+        );
+        assert!(
+            json_refused(&spec, json!(true))
+                .problem()
+                .contains("a JSON boolean is not accepted for UInt64; send a JSON number")
+        );
+        assert!(
+            json_refused(&spec, json!(-1))
+                .problem()
+                .contains("out of range")
+        );
+    }
+
+    // --- floats and booleans
+
+    #[test]
+    fn floats_parse_finite_numbers() {
+        let spec = required("Float64");
+        assert_eq!(ok(&spec, "1.5"), ParamValue::Float(1.5));
+        assert_eq!(ok(&spec, "-2e3"), ParamValue::Float(-2000.0));
+        assert_eq!(ok(&spec, "0"), ParamValue::Float(0.0));
+        assert_eq!(json_ok(&spec, json!(0.25)), ParamValue::Float(0.25));
+        assert_eq!(json_ok(&spec, json!("0.25")), ParamValue::Float(0.25));
+        assert_eq!(refused(&spec, "abc").problem(), "not a number");
+    }
+
+    #[test]
+    fn floats_refuse_nan_and_infinity() {
+        let spec = required("Float64");
+        for bad in ["nan", "NaN", "inf", "-inf", "infinity", "-Infinity"] {
+            assert_eq!(
+                refused(&spec, bad).problem(),
+                "must be a finite number",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            refused(&spec, "1e400").problem(),
+            "out of range for Float64"
+        );
+    }
+
+    #[test]
+    fn float32_refuses_values_beyond_its_range() {
+        let spec = required("Float32");
+        assert_eq!(ok(&spec, "3.4e38"), ParamValue::Float(3.4e38));
+        assert_eq!(
+            refused(&spec, "3.5e38").problem(),
+            "out of range for Float32"
+        );
+        assert_eq!(
+            refused(&spec, "-1e39").problem(),
+            "out of range for Float32"
+        );
+    }
+
+    #[test]
+    fn bool_takes_true_false_one_and_zero_in_any_case() {
+        let spec = required("Bool");
+        for (input, expected) in [
+            ("true", true),
+            ("TRUE", true),
+            ("True", true),
+            ("1", true),
+            ("false", false),
+            ("FaLsE", false),
+            ("0", false),
+        ] {
+            assert_eq!(ok(&spec, input), ParamValue::Bool(expected), "{input}");
+        }
+        for bad in ["yes", "no", "t", "", "2", "on"] {
+            assert_eq!(
+                refused(&spec, bad).problem(),
+                "not a boolean (true, false, 1 or 0)"
+            );
+        }
+        assert_eq!(json_ok(&spec, json!(false)), ParamValue::Bool(false));
+        assert_eq!(json_ok(&spec, json!("true")), ParamValue::Bool(true));
+        assert!(
+            json_refused(&spec, json!(1))
+                .problem()
+                .contains("send true or false")
+        );
+        assert!(spec.ty() == &ParamType::Bool);
+        assert!(
+            refused(&spec, "x")
+                .expected()
+                .contains("true, false, 1 or 0")
+        );
+    }
+
+    // --- decimals
+
+    #[test]
+    fn decimal_takes_digits_within_precision_and_scale() {
+        let spec = required("Decimal(5, 2)");
+        assert_eq!(ok(&spec, "123.45"), text("123.45"));
+        assert_eq!(ok(&spec, "-999.99"), text("-999.99"));
+        assert_eq!(ok(&spec, "0"), text("0"));
+        assert_eq!(ok(&spec, "007.50"), text("7.5"));
+        assert_eq!(ok(&spec, "1.230"), text("1.23"));
+        assert_eq!(ok(&spec, "-0.00"), text("0"));
+        assert_eq!(ok(&spec, "12"), text("12"));
+    }
+
+    #[test]
+    fn decimal_refuses_rather_than_rounds() {
+        let spec = required("Decimal(5, 2)");
+        assert_eq!(
+            refused(&spec, "1.234").problem(),
+            "more than 2 digits after the point for Decimal(5, 2) (it is not rounded)"
+        );
+        assert_eq!(
+            refused(&spec, "1234.5").problem(),
+            "out of range for Decimal(5, 2) (at most 3 digits before the point)"
+        );
+    }
+
+    #[test]
+    fn decimal_refuses_other_spellings() {
+        let spec = required("Decimal(9, 2)");
+        for bad in [".5", "1.", "+1", "1e2", "1,5", "", "-", "1.2.3", " 1"] {
+            assert!(
+                refused(&spec, bad)
+                    .problem()
+                    .starts_with("not a decimal number"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn decimal_of_38_digits_keeps_every_digit() {
+        let whole = "9".repeat(38);
+        assert_eq!(ok(&required("Decimal(38, 0)"), &whole), text(&whole));
+        let fraction = format!("-0.{}", "1".repeat(38));
+        assert_eq!(ok(&required("Decimal(38, 38)"), &fraction), text(&fraction));
+        assert!(
+            refused(&required("Decimal(38, 0)"), &"9".repeat(39))
+                .problem()
+                .contains("out of range")
+        );
+    }
+
+    #[test]
+    fn decimal_comes_from_json_numbers_through_their_text() {
+        let spec = required("Decimal(9, 2)");
+        assert_eq!(json_ok(&spec, json!(12.5)), text("12.5"));
+        assert_eq!(json_ok(&spec, json!(-3)), text("-3"));
+        assert_eq!(json_ok(&spec, json!("0.10")), text("0.1"));
+    }
+
+    // --- dates and times
+
+    #[test]
+    fn date_takes_its_range_and_keeps_the_text() {
+        let spec = required("Date");
+        assert_eq!(ok(&spec, "2026-12-04"), text("2026-12-04"));
+        assert_eq!(ok(&spec, "1970-01-01"), text("1970-01-01"));
+        assert_eq!(ok(&spec, "2149-06-06"), text("2149-06-06"));
+        assert_eq!(ok(&spec, "2024-02-29"), text("2024-02-29"));
+        for outside in ["1969-12-31", "2149-06-07", "0001-01-01", "9999-12-31"] {
+            assert_eq!(
+                refused(&spec, outside).problem(),
+                "out of range for Date (1970-01-01 to 2149-06-06)"
+            );
+        }
+    }
+
+    #[test]
+    fn date_names_the_component_out_of_range() {
+        let spec = required("Date");
+        assert_eq!(refused(&spec, "2026-13-01").problem(), "month out of range");
+        assert_eq!(refused(&spec, "2026-00-01").problem(), "month out of range");
+        assert_eq!(refused(&spec, "2026-02-29").problem(), "day out of range");
+        assert_eq!(refused(&spec, "2026-04-31").problem(), "day out of range");
+    }
+
+    #[test]
+    fn date_takes_only_the_iso_form_in_ascii_digits() {
+        let spec = required("Date");
+        for bad in [
+            "2026-1-01",
+            "26-01-01",
+            "2026/01/01",
+            "2026-01-01 00:00:00",
+            "20260101",
+            "٢٠٢٦-٠١-٠١",
+            "",
+        ] {
+            assert_eq!(
+                refused(&spec, bad).problem(),
+                "not a date in the form YYYY-MM-DD",
+                "{bad:?}"
+            );
+        }
+        assert!(refused(&spec, "x").expected().contains("'YYYY-MM-DD'"));
+    }
+
+    #[test]
+    fn datetime_without_an_offset_is_kept_as_local_text() {
+        let spec = required("DateTime('UTC')");
+        assert_eq!(
+            ok(&spec, "2026-12-04 10:11:12"),
+            text("2026-12-04 10:11:12")
+        );
+        assert_eq!(
+            ok(&spec, "2026-12-04T10:11:12"),
+            text("2026-12-04 10:11:12")
+        );
+        assert_eq!(
+            ok(&spec, "2026-12-04t10:11:12"),
+            text("2026-12-04 10:11:12")
+        );
+        assert_eq!(ok(&spec, "2026-12-04"), text("2026-12-04 00:00:00"));
+        assert_eq!(
+            json_ok(&spec, json!("2026-12-04 10:11:12")),
+            text("2026-12-04 10:11:12")
+        );
+    }
+
+    #[test]
+    fn datetime_with_an_offset_becomes_unix_seconds() {
+        let spec = required("DateTime");
+        assert_eq!(ok(&spec, "2024-12-04T08:13:20Z"), text("1733300000"));
+        assert_eq!(ok(&spec, "2024-12-04T08:13:20z"), text("1733300000"));
+        assert_eq!(ok(&spec, "2024-12-04T09:13:20+01:00"), text("1733300000"));
+        assert_eq!(ok(&spec, "2024-12-04 03:13:20-05:00"), text("1733300000"));
+        assert_eq!(ok(&spec, "2024-12-04T13:43:20+05:30"), text("1733300000"));
+    }
+
+    #[test]
+    fn datetime_unix_seconds_are_zero_padded_because_clickhouse_refuses_short_ones() {
+        let spec = required("DateTime");
+        assert_eq!(ok(&spec, "1733300000"), text("1733300000"));
+        assert_eq!(ok(&spec, "12"), text("0000000012"));
+        assert_eq!(ok(&spec, "1970-01-01T00:00:00Z"), text("0000000000"));
+        assert_eq!(json_ok(&spec, json!(1733300000)), text("1733300000"));
+    }
+
+    #[test]
+    fn datetime_takes_its_range_and_no_further() {
+        let spec = required("DateTime");
+        let range = "out of range for DateTime (1970-01-01 00:00:00 to 2106-02-07 06:28:15 UTC)";
+        assert_eq!(
+            ok(&spec, "2106-02-07 06:28:15"),
+            text("2106-02-07 06:28:15")
+        );
+        assert_eq!(
+            ok(&spec, "1970-01-01 00:00:00"),
+            text("1970-01-01 00:00:00")
+        );
+        assert_eq!(ok(&spec, "4294967295"), text("4294967295"));
+        assert_eq!(refused(&spec, "2106-02-07 06:28:16").problem(), range);
+        assert_eq!(refused(&spec, "1969-12-31 23:59:59").problem(), range);
+        assert_eq!(refused(&spec, "4294967296").problem(), range);
+        assert_eq!(refused(&spec, "-1").problem(), range);
+        assert_eq!(refused(&spec, &"9".repeat(60)).problem(), range);
+        assert_eq!(refused(&spec, "1970-01-01T00:59:59+01:00").problem(), range);
+    }
+
+    #[test]
+    fn datetime_refuses_fractions_and_bad_components() {
+        let spec = required("DateTime");
+        assert_eq!(
+            refused(&spec, "2026-12-04 10:11:12.5").problem(),
+            "DateTime has no fractional seconds (DateTime64 has)"
+        );
+        assert_eq!(
+            refused(&spec, "1733300000.5").problem(),
+            "DateTime has no fractional seconds (DateTime64 has)"
+        );
+        assert_eq!(
+            refused(&spec, "2026-12-04 24:00:00").problem(),
+            "hour out of range"
+        );
+        assert_eq!(
+            refused(&spec, "2026-12-04 10:60:00").problem(),
+            "minute out of range"
+        );
+        assert_eq!(
+            refused(&spec, "2026-12-31 23:59:60").problem(),
+            "second out of range"
+        );
+        assert_eq!(
+            refused(&spec, "2026-12-04T10:00:00+24:00").problem(),
+            "offset hours out of range"
+        );
+        assert_eq!(
+            refused(&spec, "2026-12-04T10:00:00+01:60").problem(),
+            "offset minutes out of range"
+        );
+        for bad in [
+            "2026-12-04 10:11",
+            "2026-12-04 1:02:03",
+            "yesterday",
+            "2026-12-04T10:11:12 Z",
+            "",
+        ] {
+            assert!(
+                refused(&spec, bad).problem().starts_with("not in the form"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn datetime_with_a_plus_lost_to_query_decoding_gets_a_hint() {
+        let spec = required("DateTime64(3)");
+        for mangled in ["2024-12-04T09:13:20 01:00", "2024-12-04 09:13:20.5 01:00"] {
+            assert!(
+                refused(&spec, mangled)
+                    .problem()
+                    .ends_with("send the '+' of an offset as %2B)"),
+                "{mangled}"
+            );
+        }
+        assert!(!refused(&spec, "2024-12-04 09").problem().contains("%2B"));
+    }
+
+    #[test]
+    fn datetime_error_reads_as_documented() {
+        let spec = ParamSpec::from_toml("from", table("type = 'DateTime'\nrequired = true"))
+            .expect("valid spec");
+        let error = refused(&spec, "2026-13-01");
+        assert_eq!(
+            error.to_string(),
+            "parameter `from`: expected DateTime ('YYYY-MM-DD hh:mm:ss' or RFC 3339), \
+             got \"2026-13-01\": month out of range"
+        );
+        assert_eq!(error.param(), "from");
+        assert_eq!(
+            error.expected(),
+            "DateTime ('YYYY-MM-DD hh:mm:ss' or RFC 3339)"
+        );
+        assert_eq!(error.problem(), "month out of range");
+    }
+
+    #[test]
+    fn datetime64_keeps_up_to_its_precision_of_fraction() {
+        let spec = required("DateTime64(3, 'UTC')");
+        assert_eq!(
+            ok(&spec, "2026-12-04 10:11:12"),
+            text("2026-12-04 10:11:12")
+        );
+        assert_eq!(
+            ok(&spec, "2026-12-04 10:11:12.5"),
+            text("2026-12-04 10:11:12.5")
+        );
+        assert_eq!(
+            ok(&spec, "2026-12-04T10:11:12.123"),
+            text("2026-12-04 10:11:12.123")
+        );
+        assert_eq!(
+            refused(&spec, "2026-12-04 10:11:12.1234").problem(),
+            "more than 3 fractional digits for DateTime64(3)"
+        );
+        assert_eq!(
+            refused(&required("DateTime64(0)"), "2026-12-04 10:11:12.1").problem(),
+            "more than 0 fractional digits for DateTime64(0)"
+        );
+        let nanos = required("DateTime64(9)");
+        assert_eq!(
+            ok(&nanos, "2026-12-04 10:11:12.123456789"),
+            text("2026-12-04 10:11:12.123456789")
+        );
+    }
+
+    #[test]
+    fn datetime64_with_an_offset_becomes_unix_seconds_with_the_fraction() {
+        let spec = required("DateTime64(3, 'UTC')");
+        assert_eq!(ok(&spec, "2024-12-04T08:13:20.5Z"), text("1733300000.5"));
+        assert_eq!(
+            ok(&spec, "2024-12-04T09:13:20.123+01:00"),
+            text("1733300000.123")
+        );
+        assert_eq!(ok(&spec, "2024-12-04T08:13:20Z"), text("1733300000"));
+        assert_eq!(ok(&spec, "1969-12-31T23:59:58.5Z"), text("-0000000001.5"));
+        assert_eq!(ok(&spec, "1900-01-01T00:00:00Z"), text("-2208988800"));
+        assert_eq!(
+            ok(&spec, "1970-01-01T00:00:00.250Z"),
+            text("0000000000.250")
+        );
+    }
+
+    #[test]
+    fn datetime64_takes_signed_unix_seconds_with_a_fraction() {
+        let spec = required("DateTime64(3)");
+        assert_eq!(ok(&spec, "1733300000.123"), text("1733300000.123"));
+        assert_eq!(ok(&spec, "-1.25"), text("-0000000001.25"));
+        assert_eq!(ok(&spec, "0"), text("0000000000"));
+        assert_eq!(json_ok(&spec, json!(1733300000.5)), text("1733300000.5"));
+        assert_eq!(
+            refused(&spec, "1.1234").problem(),
+            "more than 3 fractional digits for DateTime64(3)"
+        );
+    }
+
+    #[test]
+    fn datetime64_refuses_the_second_before_1970_as_unix_time_since_clickhouse_loses_its_sign() {
+        let spec = required("DateTime64(3, 'UTC')");
+        for instant in ["1969-12-31T23:59:59.5Z", "-0.5", "-0.001"] {
+            assert!(
+                refused(&spec, instant)
+                    .problem()
+                    .contains("ClickHouse misreads it"),
+                "{instant}"
+            );
+        }
+        // Without an offset the text goes as it is, which ClickHouse reads correctly.
+        assert_eq!(
+            ok(&spec, "1969-12-31 23:59:59.5"),
+            text("1969-12-31 23:59:59.5")
+        );
+    }
+
+    #[test]
+    fn datetime64_takes_its_range_and_no_further() {
+        let spec = required("DateTime64(9)");
+        let range = "out of range for DateTime64 (1900-01-01 00:00:00 to 2299-12-31 23:59:59.999999999 UTC)";
+        assert_eq!(
+            ok(&spec, "1900-01-01 00:00:00"),
+            text("1900-01-01 00:00:00")
+        );
+        assert_eq!(
+            ok(&spec, "2299-12-31 23:59:59.999999999"),
+            text("2299-12-31 23:59:59.999999999")
+        );
+        assert_eq!(
+            refused(&spec, "1899-12-31 23:59:59.999999999").problem(),
+            range
+        );
+        assert_eq!(refused(&spec, "2300-01-01 00:00:00").problem(), range);
+        assert_eq!(refused(&spec, "10413792000").problem(), range);
+        assert_eq!(refused(&spec, "-2208988800.000000001").problem(), range);
+        assert!(refused(&spec, "x").expected().contains("[.fff]"));
+    }
+
+    // --- UUID and IP addresses
+
+    #[test]
+    fn uuid_is_lowercased_and_must_be_hyphenated() {
+        let spec = required("UUID");
+        assert_eq!(
+            ok(&spec, "7C9E6679-7425-40DE-944B-E07FC1F90AE7"),
+            text("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+        );
+        for bad in [
+            "7c9e6679742540de944be07fc1f90ae7",
+            "{7c9e6679-7425-40de-944b-e07fc1f90ae7}",
+            "urn:uuid:7c9e6679-7425-40de-944b-e07fc1f90ae7",
+            "7c9e6679-7425-40de-944b-e07fc1f90aeg",
+            "7c9e6679-7425-40de-944be-07fc1f90ae7",
+            "",
+        ] {
+            assert!(
+                refused(&spec, bad).problem().starts_with("not a UUID"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ip_addresses_are_canonicalised_by_std() {
+        let v4 = required("IPv4");
+        assert_eq!(ok(&v4, "192.0.2.1"), text("192.0.2.1"));
+        for bad in ["256.0.0.1", "192.0.2", "::1", "1.2.3.4 "] {
+            assert!(
+                refused(&v4, bad).problem().starts_with("not an IPv4"),
+                "{bad:?}"
+            );
+        }
+        let v6 = required("IPv6");
+        assert_eq!(ok(&v6, "2001:DB8:0:0:0:0:0:1"), text("2001:db8::1"));
+        assert_eq!(ok(&v6, "::1"), text("::1"));
+        assert_eq!(ok(&v6, "192.0.2.1"), text("::ffff:192.0.2.1"));
+        for bad in ["fe80::1%eth0", "2001:db8::g", ""] {
+            assert!(
+                refused(&v6, bad).problem().starts_with("not an IPv6"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    // --- strings
+
+    #[test]
+    fn strings_that_look_like_sql_are_plain_data() {
+        let spec = required("String");
+        for value in [
+            "' OR 1=1 --",
+            "'; DROP TABLE events; --",
+            "\\'; SELECT 1; --",
+            "back\\slash \\N \\0",
+            "{p:String}",
+            "`tick` \"quote\"",
+            "ünïcödé 🚀 €",
+            "nul\0byte\ttab\nnewline",
+            "",
+        ] {
+            assert_eq!(ok(&spec, value), text(value));
+            assert_eq!(json_ok(&spec, json!(value)), text(value));
+        }
+    }
+
+    #[test]
+    fn strings_refuse_json_numbers() {
+        let spec = required("String");
+        assert_eq!(
+            json_refused(&spec, json!(5)).problem(),
+            "a JSON number is not accepted for String; send a JSON string"
+        );
+        assert!(
+            json_refused(&spec, json!({"a": 1}))
+                .to_string()
+                .contains("got an object")
+        );
+    }
+
+    #[test]
+    fn max_len_counts_characters_not_bytes() {
+        let spec = declare("type = 'String'\nrequired = true\nmax_len = 3");
+        assert_eq!(ok(&spec, "ééé"), text("ééé"));
+        assert_eq!(ok(&spec, "🚀🚀🚀"), text("🚀🚀🚀"));
+        assert_eq!(refused(&spec, "abcd").problem(), "longer than 3 characters");
+        assert_eq!(refused(&spec, "éééé").problem(), "longer than 3 characters");
+    }
+
+    #[test]
+    fn pattern_must_match_the_whole_value() {
+        let spec = declare("type = 'String'\nrequired = true\npattern = '[a-z]+'");
+        assert_eq!(ok(&spec, "abc"), text("abc"));
+        for bad in ["abc1", "1abc", "", "abc\n", "ab c"] {
+            assert_eq!(
+                refused(&spec, bad).problem(),
+                "must match pattern [a-z]+",
+                "{bad:?}"
+            );
+        }
+        let alternation = spec_with_pattern("a|b");
+        assert_eq!(ok(&alternation, "a"), text("a"));
+        assert!(
+            query(&alternation, &["ab"]).is_err(),
+            "alternation is anchored as a whole"
+        );
+    }
+
+    fn spec_with_pattern(pattern: &str) -> ParamSpec {
+        declare(&format!(
+            "type = 'String'\nrequired = true\npattern = '{pattern}'"
+        ))
+    }
+
+    #[test]
+    fn pattern_message_shows_the_pattern_as_written() {
+        let spec = spec_with_pattern("^[a-z]+$");
+        assert_eq!(refused(&spec, "A").problem(), "must match pattern ^[a-z]+$");
+    }
+
+    #[test]
+    fn allowed_values_form_an_enum() {
+        let spec = declare("type = 'String'\ndefault = 'day'\nallowed = ['hour', 'day', 'week']");
+        assert_eq!(ok(&spec, "week"), text("week"));
+        assert_eq!(
+            refused(&spec, "month").problem(),
+            "must be one of: hour, day, week"
+        );
+        assert!(query(&spec, &["Day"]).is_err(), "membership is exact");
+    }
+
+    #[test]
+    fn allowed_compares_parsed_values() {
+        let spec = declare("type = 'UInt8'\nrequired = true\nallowed = [1, 5, '10']");
+        assert_eq!(ok(&spec, "05"), ParamValue::UInt(5));
+        assert_eq!(ok(&spec, "10"), ParamValue::UInt(10));
+        assert_eq!(refused(&spec, "2").problem(), "must be one of: 1, 5, 10");
+        let uuid = declare(
+            "type = 'UUID'\nrequired = true\nallowed = ['7C9E6679-7425-40DE-944B-E07FC1F90AE7']",
+        );
+        assert_eq!(
+            ok(&uuid, "7c9e6679-7425-40de-944b-e07fc1f90ae7"),
+            text("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+        );
+    }
+
+    // --- min and max
+
+    #[test]
+    fn min_and_max_bound_integers() {
+        let spec = declare("type = 'UInt32'\ndefault = 100\nmin = 1\nmax = 1000");
+        assert_eq!(ok(&spec, "1"), ParamValue::UInt(1));
+        assert_eq!(ok(&spec, "1000"), ParamValue::UInt(1000));
+        assert_eq!(refused(&spec, "0").problem(), "must be at least 1");
+        assert_eq!(refused(&spec, "1001").problem(), "must be at most 1000");
+        let error = json_refused(&spec, json!(5000));
+        assert_eq!(
+            error.to_string(),
+            "parameter `p`: expected UInt32, got 5000: must be at most 1000"
+        );
+    }
+
+    #[test]
+    fn min_and_max_bound_floats_and_decimals() {
+        let float = declare("type = 'Float64'\nrequired = true\nmin = 0\nmax = 1.5");
+        assert_eq!(ok(&float, "1.5"), ParamValue::Float(1.5));
+        assert_eq!(refused(&float, "-0.1").problem(), "must be at least 0");
+        assert_eq!(refused(&float, "1.51").problem(), "must be at most 1.5");
+        let decimal = declare("type = 'Decimal(9, 2)'\nrequired = true\nmin = '-1.5'\nmax = 100");
+        assert_eq!(ok(&decimal, "-1.50"), text("-1.5"));
+        assert_eq!(ok(&decimal, "100.00"), text("100"));
+        assert_eq!(
+            refused(&decimal, "-1.51").problem(),
+            "must be at least -1.5"
+        );
+        assert_eq!(refused(&decimal, "100.01").problem(), "must be at most 100");
+    }
+
+    #[test]
+    fn min_and_max_bound_dates_given_as_toml_dates_or_strings() {
+        let spec = declare("type = 'Date'\nrequired = true\nmin = 2020-01-01\nmax = '2020-12-31'");
+        assert_eq!(ok(&spec, "2020-01-01"), text("2020-01-01"));
+        assert_eq!(
+            refused(&spec, "2019-12-31").problem(),
+            "must be at least 2020-01-01"
+        );
+        assert_eq!(
+            refused(&spec, "2021-01-01").problem(),
+            "must be at most 2020-12-31"
+        );
+    }
+
+    #[test]
+    fn min_and_max_bound_datetimes_as_instants_for_offsets() {
+        let spec = declare(
+            "type = \"DateTime('UTC')\"\nrequired = true\nmin = '2020-01-01 00:00:00'\n\
+             max = 2020-12-31T00:00:00Z",
+        );
+        assert_eq!(
+            ok(&spec, "2020-01-01 00:00:00"),
+            text("2020-01-01 00:00:00")
+        );
+        // 23:00 the day before at -05:00 is 04:00 UTC on the first: inside.
+        assert_eq!(ok(&spec, "2019-12-31T23:00:00-05:00"), text("1577851200"));
+        assert_eq!(
+            refused(&spec, "2020-01-01T00:30:00+01:00").problem(),
+            "must be at least 2020-01-01 00:00:00"
+        );
+        assert_eq!(
+            refused(&spec, "1609372801").problem(),
+            "must be at most 2020-12-31T00:00:00Z"
+        );
+        let precise =
+            declare("type = 'DateTime64(3)'\nrequired = true\nmax = '2020-01-01 00:00:00.5'");
+        assert_eq!(
+            ok(&precise, "2020-01-01 00:00:00.5"),
+            text("2020-01-01 00:00:00.5")
+        );
+        assert!(query(&precise, &["2020-01-01 00:00:00.501"]).is_err());
+    }
+
+    // --- Nullable
+
+    #[test]
+    fn empty_query_value_is_null_for_nullable_types() {
+        let spec = declare("type = 'Nullable(Int32)'\nmax = 10");
+        assert_eq!(ok(&spec, ""), ParamValue::Null);
+        assert_eq!(ok(&spec, "5"), ParamValue::Int(5));
+        assert_eq!(refused(&spec, "11").problem(), "must be at most 10");
+        let strings = declare("type = 'Nullable(String)'\npattern = '[a-z]+'");
+        assert_eq!(ok(&strings, ""), ParamValue::Null);
+        assert_eq!(ok(&strings, "x"), text("x"));
+    }
+
+    #[test]
+    fn json_null_is_null_only_for_nullable_types() {
+        let nullable = declare("type = 'Nullable(Date)'");
+        assert_eq!(json_ok(&nullable, Json::Null), ParamValue::Null);
+        assert_eq!(json_ok(&nullable, json!("2026-01-01")), text("2026-01-01"));
+        // In JSON an empty string is a string, not NULL.
+        assert!(nullable.parse(RawValue::Json(&json!(""))).is_err());
+        let error = json_refused(&required("Date"), Json::Null);
+        assert_eq!(
+            error.problem(),
+            "null is not accepted, because Date is not Nullable"
+        );
+        assert!(error.to_string().contains("got null"));
+    }
+
+    // --- arrays
+
+    #[test]
+    fn array_items_come_from_repeated_keys_and_commas() {
+        let spec = declare("type = 'Array(UInt8)'\ndefault = []");
+        let items = |values: &[u64]| {
+            ParamValue::Array(values.iter().map(|v| ParamValue::UInt(*v)).collect())
+        };
+        assert_eq!(
+            query(&spec, &["1", "2", "3"]).expect("repeated"),
+            items(&[1, 2, 3])
+        );
+        assert_eq!(query(&spec, &["1,2,3"]).expect("joined"), items(&[1, 2, 3]));
+        assert_eq!(
+            query(&spec, &["1,2", "3"]).expect("both"),
+            items(&[1, 2, 3])
+        );
+        assert_eq!(query(&spec, &["7"]).expect("single"), items(&[7]));
+        assert_eq!(query(&spec, &[""]).expect("empty"), items(&[]));
+    }
+
+    #[test]
+    fn array_of_strings_splits_on_commas_so_commas_need_json() {
+        let spec = declare("type = 'Array(String)'\ndefault = []");
+        assert_eq!(
+            query(&spec, &["a,b"]).expect("split"),
+            ParamValue::Array(vec![text("a"), text("b")])
+        );
+        assert_eq!(
+            json_ok(&spec, json!(["a,b", "' OR 1=1 --"])),
+            ParamValue::Array(vec![text("a,b"), text("' OR 1=1 --")])
+        );
+        assert_eq!(
+            query(&spec, &["a,", "b"]).expect("empty item"),
+            ParamValue::Array(vec![text("a"), text(""), text("b")])
+        );
+    }
+
+    #[test]
+    fn array_item_errors_name_the_index_and_show_the_item() {
+        let spec = declare("type = 'Array(Date)'\ndefault = []");
+        let error = query(&spec, &["2026-01-01,2026-13-01"]).expect_err("bad item");
+        assert_eq!(error.problem(), "at index 1: month out of range");
+        assert_eq!(
+            error.to_string(),
+            "parameter `p`: expected Array(Date) ('YYYY-MM-DD'), got \"2026-13-01\": \
+             at index 1: month out of range"
+        );
+        let error = json_refused(&spec, json!(["2026-01-01", 5]));
+        assert!(
+            error
+                .problem()
+                .starts_with("at index 1: a JSON number is not accepted")
+        );
+    }
+
+    #[test]
+    fn array_constraints_apply_to_each_item_and_max_len_to_the_count() {
+        let spec = declare(
+            "type = 'Array(String)'\ndefault = []\nmax_len = 2\npattern = '[A-Z]{2}'\n\
+             allowed = ['US', 'DE', 'FR']",
+        );
+        assert_eq!(
+            query(&spec, &["US", "DE"]).expect("fine"),
+            ParamValue::Array(vec![text("US"), text("DE")])
+        );
+        let error = query(&spec, &["US,DE,FR"]).expect_err("too many");
+        assert_eq!(error.problem(), "more than 2 items");
+        assert!(error.to_string().contains("got 3 items"));
+        assert_eq!(
+            query(&spec, &["US,de"]).expect_err("pattern").problem(),
+            "at index 1: must match pattern [A-Z]{2}"
+        );
+        assert_eq!(
+            query(&spec, &["GB"]).expect_err("allowed").problem(),
+            "at index 0: must be one of: US, DE, FR"
+        );
+        let error = json_refused(&spec, json!(["US", "DE", "FR"]));
+        assert!(error.to_string().contains("got 3 items: more than 2 items"));
+        let numbers = declare("type = 'Array(Int32)'\ndefault = []\nmin = -1\nmax = 1");
+        assert_eq!(
+            query(&numbers, &["0", "2"]).expect_err("max").problem(),
+            "at index 1: must be at most 1"
+        );
+    }
+
+    #[test]
+    fn array_of_nullable_takes_nulls_from_empty_items_and_json_null() {
+        let spec = declare("type = 'Array(Nullable(Int32))'\ndefault = []");
+        assert_eq!(
+            query(&spec, &["1,,-3"]).expect("query"),
+            ParamValue::Array(vec![
+                ParamValue::Int(1),
+                ParamValue::Null,
+                ParamValue::Int(-3)
+            ])
+        );
+        assert_eq!(
+            json_ok(&spec, json!([null, 2])),
+            ParamValue::Array(vec![ParamValue::Null, ParamValue::Int(2)])
+        );
+        let plain = declare("type = 'Array(Int32)'\ndefault = []");
+        assert_eq!(
+            json_refused(&plain, json!([1, null])).problem(),
+            "at index 1: null is not accepted, because Int32 is not Nullable"
+        );
+        assert!(query(&plain, &["1,,3"]).is_err());
+    }
+
+    #[test]
+    fn array_refuses_json_scalars_and_nested_arrays() {
+        let spec = declare("type = 'Array(String)'\ndefault = []");
+        assert_eq!(
+            json_refused(&spec, json!("a,b")).problem(),
+            "a JSON string is not accepted for Array(String); send a JSON array"
+        );
+        assert_eq!(
+            json_refused(&spec, json!([["a"]])).problem(),
+            "at index 0: a JSON array is not accepted for String; send a JSON string"
+        );
+    }
+
+    // --- repeated keys, missing values
+
+    #[test]
+    fn scalar_given_more_than_once_is_refused() {
+        let spec = required("UInt8");
+        let error = query(&spec, &["1", "2"]).expect_err("twice");
+        assert_eq!(error.problem(), "given more than once; send it once");
+        assert!(error.to_string().contains("got 2 values"));
+    }
+
+    #[test]
+    fn missing_gives_the_default_null_or_an_error() {
+        let with_default = declare("type = 'UInt32'\ndefault = 10");
+        assert_eq!(
+            with_default.missing().expect("default"),
+            ParamValue::UInt(10)
+        );
+        assert_eq!(
+            query(&with_default, &[]).expect("empty list"),
+            ParamValue::UInt(10)
+        );
+        let nullable = declare("type = 'Nullable(UInt32)'");
+        assert_eq!(nullable.missing().expect("null"), ParamValue::Null);
+        let nullable_default = declare("type = 'Nullable(UInt32)'\ndefault = 3");
+        assert_eq!(
+            nullable_default.missing().expect("default"),
+            ParamValue::UInt(3)
+        );
+        let error = required("UInt32").missing().expect_err("required");
+        assert_eq!(
+            error.to_string(),
+            "parameter `p`: expected UInt32, got nothing: the parameter is required"
+        );
+        let required_nullable = required("Nullable(UInt32)");
+        assert!(required_nullable.missing().is_err());
+        assert_eq!(ok(&required_nullable, ""), ParamValue::Null);
+    }
+
+    // --- what errors show
+
+    #[test]
+    fn a_huge_value_never_appears_whole_in_an_error() {
+        let spec = declare("type = 'String'\nrequired = true\nmax_len = 64");
+        let huge = "x".repeat(1 << 20);
+        let error = refused(&spec, &huge);
+        let message = error.to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(
+            message.contains(&format!("\"{}\"…", "x".repeat(40))),
+            "{message}"
+        );
+        assert_eq!(error.problem(), "longer than 64 characters");
+        let error = json_refused(&required("UInt8"), json!(huge));
+        assert!(error.to_string().len() < 300);
+        let items = vec![json!(1); 100_000];
+        let error = json_refused(&required("UInt8"), Json::Array(items));
+        assert!(error.to_string().contains("got an array of 100000 items"));
+    }
+
+    #[test]
+    fn shortening_counts_characters_and_escapes_control_characters() {
+        let long = "é".repeat(50);
+        let error = refused(&required("Int8"), &long);
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("\"{}\"…", "é".repeat(40)))
+        );
+        let error = refused(&required("Int8"), "a\nb\u{1b}[31m");
+        assert!(
+            error.to_string().contains(r#"got "a\nb\u{1b}[31m""#),
+            "{error}"
+        );
+        assert!(!error.to_string().contains('\n'));
+    }
+
+    // --- serialisation for .param()
+
+    #[test]
+    fn param_values_serialize_to_their_plain_form() {
+        let cases = [
+            (ParamValue::Null, json!(null)),
+            (ParamValue::Bool(true), json!(true)),
+            (ParamValue::Int(-5), json!(-5)),
+            (ParamValue::UInt(u64::MAX), json!(u64::MAX)),
+            (ParamValue::Float(1.5), json!(1.5)),
+            (text("' OR 1=1 --"), json!("' OR 1=1 --")),
+            (
+                ParamValue::Array(vec![text("a"), ParamValue::Null, ParamValue::Int(1)]),
+                json!(["a", null, 1]),
+            ),
+            (ParamValue::Array(vec![]), json!([])),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(serde_json::to_value(&value).expect("serialize"), expected);
+        }
+    }
+
+    // --- building specs
+
+    #[test]
+    fn a_full_spec_keeps_its_documentation() {
+        let spec = declare(
+            "type = 'UInt32'\ndefault = 10000\nmin = 1\nmax = 100000\n\
+             description = 'At most this many events.'\nexample = 1000",
+        );
+        assert_eq!(spec.name(), "p");
+        assert_eq!(
+            spec.ty(),
+            &ParamType::Int {
+                bits: 32,
+                signed: false
+            }
+        );
+        assert!(!spec.is_required());
+        assert_eq!(spec.default(), Some(&ParamValue::UInt(10000)));
+        assert_eq!(spec.description(), "At most this many events.");
+        assert_eq!(spec.example(), Some("1000"));
+    }
+
+    #[test]
+    fn examples_are_kept_as_request_text() {
+        let list = declare("type = 'Array(String)'\ndefault = []\nexample = ['US', 'DE']");
+        assert_eq!(list.example(), Some("US,DE"));
+        let flag = declare("type = 'Bool'\ndefault = false\nexample = true");
+        assert_eq!(flag.example(), Some("true"));
+        let float = declare("type = 'Float64'\ndefault = 0\nexample = 2.5");
+        assert_eq!(float.example(), Some("2.5"));
+        let when = declare("type = 'DateTime'\nrequired = true\nexample = 2026-11-01T00:00:00Z");
+        assert_eq!(when.example(), Some("2026-11-01T00:00:00Z"));
+        let text = declare("type = 'String'\nrequired = true\nexample = 'acme'");
+        assert_eq!(text.example(), Some("acme"));
+        assert_eq!(required("String").example(), None);
+    }
+
+    #[test]
+    fn defaults_parse_like_json_values() {
+        let date = declare("type = 'Date'\ndefault = 2026-01-01");
+        assert_eq!(date.default(), Some(&text("2026-01-01")));
+        let when = declare("type = \"DateTime('UTC')\"\ndefault = '2026-01-01 00:00:00'");
+        assert_eq!(when.default(), Some(&text("2026-01-01 00:00:00")));
+        let list = declare("type = 'Array(String)'\ndefault = ['a,b', 'c']");
+        assert_eq!(
+            list.default(),
+            Some(&ParamValue::Array(vec![text("a,b"), text("c")]))
+        );
+        let big = declare("type = 'UInt64'\ndefault = '18446744073709551615'");
+        assert_eq!(big.default(), Some(&ParamValue::UInt(u64::MAX)));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_toml_table_are_refused() {
+        let result: Result<ParamToml, _> = toml::from_str("type = 'String'\nrequird = true");
+        let error = result.expect_err("unknown key");
+        assert!(error.to_string().contains("requird"), "{error}");
+    }
+
+    #[test]
+    fn from_toml_refuses_an_unknown_type_with_the_supported_list() {
+        let message = problem("type = 'Int128'\nrequired = true");
+        assert!(
+            message.starts_with("`type`: invalid type `Int128`"),
+            "{message}"
+        );
+        assert!(message.contains("supported types are String"), "{message}");
+    }
+
+    #[test]
+    fn from_toml_refuses_arrays_of_arrays_and_of_decimals() {
+        let message = problem("type = 'Array(Array(Int8))'\nrequired = true");
+        assert!(
+            message.contains("arrays of arrays are not supported"),
+            "{message}"
+        );
+        let message = problem("type = 'Array(Nullable(Decimal(9, 2)))'\nrequired = true");
+        assert!(
+            message.starts_with(
+                "`type` = \"Array(Nullable(Decimal(9, 2)))\": arrays of Decimal cannot be bound"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("Array(String)"), "{message}");
+    }
+
+    #[test]
+    fn from_toml_refuses_pattern_on_non_strings() {
+        let message = problem("type = 'UInt8'\nrequired = true\npattern = '[0-9]+'");
+        assert_eq!(
+            message,
+            "`pattern` applies only to String values, and the type is UInt8; remove it"
+        );
+        declare("type = 'Array(Nullable(String))'\ndefault = []\npattern = '[a-z]+'");
+    }
+
+    #[test]
+    fn from_toml_refuses_an_invalid_regex_in_one_line() {
+        let message = problem("type = 'String'\nrequired = true\npattern = '[a-z'");
+        assert_eq!(
+            message,
+            "`pattern` \"[a-z\" is not a valid regular expression: unclosed character class; fix it"
+        );
+        let message = problem("type = 'String'\nrequired = true\npattern = '(a'");
+        assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn from_toml_refuses_max_len_on_other_types_and_zero() {
+        assert_eq!(
+            problem("type = 'Int32'\nrequired = true\nmax_len = 5"),
+            "`max_len` applies only to String (characters) and Array (items) parameters, \
+             and the type is Int32; remove it"
+        );
+        assert!(problem("type = 'String'\nrequired = true\nmax_len = 0").contains("at least 1"));
+        declare("type = 'Nullable(String)'\nmax_len = 5");
+        declare("type = 'Array(UInt8)'\ndefault = []\nmax_len = 5");
+    }
+
+    #[test]
+    fn from_toml_refuses_min_and_max_on_types_without_an_order() {
+        for ty in ["String", "Bool", "UUID", "IPv4", "IPv6", "Array(String)"] {
+            let message = problem(&format!("type = '{ty}'\nrequired = true\nmin = 1"));
+            assert_eq!(
+                message,
+                format!(
+                    "`min` applies only to numbers, dates and times, and the type is {ty}; remove it"
+                )
+            );
+        }
+        let message = problem("type = 'String'\nrequired = true\nmax = 'z'");
+        assert!(message.starts_with("`max` applies only"), "{message}");
+    }
+
+    #[test]
+    fn from_toml_refuses_bounds_that_do_not_parse_as_the_type() {
+        assert_eq!(
+            problem("type = 'UInt8'\nrequired = true\nmin = 'abc'"),
+            "`min` \"abc\" is not a valid UInt8: not an integer (decimal digits with an optional leading '-')"
+        );
+        assert_eq!(
+            problem("type = 'UInt8'\nrequired = true\nmax = 300"),
+            "`max` 300 is not a valid UInt8: out of range for UInt8 (0..=255)"
+        );
+        assert!(
+            problem("type = 'Date'\nrequired = true\nmin = '2026-13-01'")
+                .contains("month out of range")
+        );
+        assert!(problem("type = 'Int32'\nrequired = true\nmin = 1.5").contains("not an integer"));
+        assert!(
+            problem("type = 'Int32'\nrequired = true\nmin = { a = 1 }").contains("not a table")
+        );
+        assert!(problem("type = 'Float64'\nrequired = true\nmax = nan").contains("finite"));
+    }
+
+    #[test]
+    fn from_toml_refuses_min_greater_than_max() {
+        assert_eq!(
+            problem("type = 'Int32'\nrequired = true\nmin = 10\nmax = 5"),
+            "`min` 10 is greater than `max` 5, so no value could pass; swap or fix them"
+        );
+        declare("type = 'Int32'\nrequired = true\nmin = 5\nmax = 5");
+    }
+
+    #[test]
+    fn from_toml_refuses_allowed_values_that_are_not_of_the_type() {
+        assert_eq!(
+            problem("type = 'UInt8'\nrequired = true\nallowed = [1, 'two', 3]"),
+            "`allowed` value \"two\" is not a valid UInt8: not an integer (decimal digits with an optional leading '-')"
+        );
+        assert!(
+            problem("type = 'Array(Date)'\ndefault = []\nallowed = ['2026-02-30']")
+                .contains("day out of range")
+        );
+        assert!(problem("type = 'String'\nrequired = true\nallowed = []").contains("is empty"));
+        assert_eq!(
+            problems("type = 'Int8'\nrequired = true\nallowed = [1000, 'x']").len(),
+            2
+        );
+    }
+
+    #[test]
+    fn from_toml_refuses_required_with_a_default() {
+        assert_eq!(
+            problem("type = 'Int32'\nrequired = true\ndefault = 5"),
+            "`required = true` contradicts `default` (a required parameter is always sent); \
+             remove one of them"
+        );
+    }
+
+    #[test]
+    fn from_toml_refuses_an_optional_non_nullable_param_without_default() {
+        let problems =
+            ParamSpec::from_toml("limit", table("type = 'UInt32'")).expect_err("needs a default");
+        assert_eq!(
+            problems,
+            ["optional parameter `limit` needs a default or a Nullable type"]
+        );
+    }
+
+    #[test]
+    fn from_toml_refuses_a_default_that_violates_its_own_constraint() {
+        assert_eq!(
+            problem("type = 'UInt16'\ndefault = 5000\nmax = 1000"),
+            "default 5000 violates its own constraint: must be at most 1000"
+        );
+        assert_eq!(
+            problem("type = 'String'\ndefault = 'month'\nallowed = ['day', 'week']"),
+            "default \"month\" violates its own constraint: must be one of: day, week"
+        );
+        assert_eq!(
+            problem("type = 'Array(String)'\ndefault = ['US', 'de']\npattern = '[A-Z]{2}'"),
+            "default [\"US\",\"de\"] violates its own constraint: at index 1: must match pattern [A-Z]{2}"
+        );
+    }
+
+    #[test]
+    fn from_toml_refuses_a_default_that_does_not_parse() {
+        assert_eq!(
+            problem("type = 'UInt8'\ndefault = -1"),
+            "default -1 is not a valid UInt8: out of range for UInt8 (0..=255)"
+        );
+        assert!(
+            problem("type = 'Date'\ndefault = 'tomorrow'")
+                .starts_with("default \"tomorrow\" is not a valid Date")
+        );
+        assert!(problem("type = 'Array(UInt8)'\ndefault = 'a'").contains("send a JSON array"));
+        assert!(
+            problem("type = 'UInt8'\ndefault = { a = 1 }").contains("`default` must be a string")
+        );
+    }
+
+    #[test]
+    fn from_toml_refuses_an_example_that_does_not_parse_or_violates_a_constraint() {
+        assert_eq!(
+            problem("type = 'UInt32'\ndefault = 1\nmax = 10\nexample = 11"),
+            "example \"11\" violates its own constraint: must be at most 10"
+        );
+        assert_eq!(
+            problem("type = 'Date'\nrequired = true\nexample = 'soon'"),
+            "example \"soon\" is not a valid Date: not a date in the form YYYY-MM-DD"
+        );
+        assert!(
+            problem("type = 'Array(String)'\ndefault = []\nmax_len = 1\nexample = ['a', 'b']")
+                .contains("more than 1 items")
+        );
+        assert!(
+            problem("type = 'String'\nrequired = true\nexample = { a = 1 }")
+                .contains("`example` must be")
+        );
+    }
+
+    #[test]
+    fn from_toml_returns_every_problem_at_once() {
+        let found = problems(
+            "type = 'UInt8'\nrequired = true\ndefault = 1\npattern = '[a-z'\nmax_len = 3\n\
+             min = 'x'\nallowed = ['y']",
+        );
+        assert_eq!(found.len(), 6, "{found:#?}");
+        let found = problems("type = 'Nope'\nrequired = true\ndefault = 1\npattern = '('");
+        assert_eq!(found.len(), 3, "{found:#?}");
+    }
 }
