@@ -170,6 +170,8 @@ pub struct TcpProxy {
     pub port: u16,
     target: String,
     tasks: Option<tokio::task::JoinHandle<()>>,
+    /// Every byte sent towards ClickHouse, to check what the handler asked for.
+    pub sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl TcpProxy {
@@ -178,25 +180,35 @@ impl TcpProxy {
             .await
             .expect("proxy port");
         let port = listener.local_addr().expect("address").port();
-        let mut proxy = Self {
-            port,
-            target: target.to_owned(),
-            tasks: None,
-        };
+        let mut proxy = Self { port, target: target.to_owned(), tasks: None, sent: Default::default() };
         proxy.serve(listener);
         proxy
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let target = self.target.clone();
+        let sent = self.sent.clone();
         self.tasks = Some(tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let target = target.clone();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (target, sent) = (target.clone(), sent.clone());
                 connections.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_server, mut to_server) = outbound.into_split();
+                    let upstream = async move {
+                        let mut buffer = vec![0; 64 * 1024];
+                        while let Ok(n) = from_client.read(&mut buffer).await {
+                            if n == 0 || to_server.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                            sent.lock().expect("capture lock").extend_from_slice(&buffer[..n]);
+                        }
+                        let _ = to_server.shutdown().await;
+                    };
+                    let downstream = tokio::io::copy(&mut from_server, &mut to_client);
+                    let _ = tokio::join!(upstream, downstream);
                 });
             }
         }));
