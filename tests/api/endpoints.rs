@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TcpProxy, connection, problem, spawn_app, spawn_app_with};
+use crate::helpers::{TcpProxy, clickhouse_address, problem, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn typed_parameters_from_the_query_string_come_back_as_clickhouse_json() {
@@ -405,25 +405,44 @@ async fn clickhouse_down_is_503_with_retry_after_and_service_resumes_when_it_ret
 
 #[tokio::test]
 async fn clickhouse_receives_the_request_id_limits_and_typed_parameters_not_sql_values() {
-    let target = connection().url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let proxy = TcpProxy::start(&target).await;
+    let proxy = TcpProxy::start(&clickhouse_address()).await;
     let port = proxy.port;
-    let app = spawn_app_with(|settings| settings.clickhouse.url = format!("http://127.0.0.1:{port}")).await;
+    let app =
+        spawn_app_with(|settings| settings.clickhouse.url = format!("http://127.0.0.1:{port}"))
+            .await;
     app.seed_events(100).await;
     let response = app
         .api_client
-        .get(format!("{}/api/v1/page-views?path=%27%20OR%201%3D1", app.address))
+        .get(format!(
+            "{}/api/v1/page-views?path=%27%20OR%201%3D1",
+            app.address
+        ))
         .header("x-request-id", "req-abc-123")
         .send()
         .await
         .expect("get");
     assert_eq!(response.status(), 200);
     let sent = String::from_utf8_lossy(&proxy.sent.lock().expect("capture")).into_owned();
-    assert!(sent.contains("query_id=req-abc-123"), "the request id is the query_id");
-    assert!(sent.contains("readonly=2") && sent.contains("max_execution_time=30"), "limits are sent as settings");
-    assert!(sent.contains("WHERE path = {path:String}"), "the SQL goes as written");
-    assert!(sent.contains("name=\"param_path\""), "the value travels as a typed parameter");
-    assert!(!sent.contains("WHERE path = '"), "no value is spliced into the SQL");
+    assert!(
+        sent.contains("query_id=req-abc-123"),
+        "the request id is the query_id"
+    );
+    assert!(
+        sent.contains("readonly=2") && sent.contains("max_execution_time=30"),
+        "limits are sent as settings"
+    );
+    assert!(
+        sent.contains("WHERE path = {path:String}"),
+        "the SQL goes as written"
+    );
+    assert!(
+        sent.contains("name=\"param_path\""),
+        "the value travels as a typed parameter"
+    );
+    assert!(
+        !sent.contains("WHERE path = '"),
+        "no value is spliced into the SQL"
+    );
 }
 
 #[tokio::test]

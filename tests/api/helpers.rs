@@ -21,6 +21,15 @@ pub fn connection() -> Connection {
     )
 }
 
+/// The ClickHouse server's `host:port`.
+pub fn clickhouse_address() -> String {
+    connection()
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
 /// A database of its own for one test, dropped when the value goes out of scope (also when
 /// the test fails).
 #[derive(Debug)]
@@ -180,7 +189,12 @@ impl TcpProxy {
             .await
             .expect("proxy port");
         let port = listener.local_addr().expect("address").port();
-        let mut proxy = Self { port, target: target.to_owned(), tasks: None, sent: Default::default() };
+        let mut proxy = Self {
+            port,
+            target: target.to_owned(),
+            tasks: None,
+            sent: Default::default(),
+        };
         proxy.serve(listener);
         proxy
     }
@@ -194,7 +208,9 @@ impl TcpProxy {
             while let Ok((inbound, _)) = listener.accept().await {
                 let (target, sent) = (target.clone(), sent.clone());
                 connections.spawn(async move {
-                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
                     let (mut from_client, mut to_client) = inbound.into_split();
                     let (mut from_server, mut to_server) = outbound.into_split();
                     let upstream = async move {
@@ -203,7 +219,9 @@ impl TcpProxy {
                             if n == 0 || to_server.write_all(&buffer[..n]).await.is_err() {
                                 break;
                             }
-                            sent.lock().expect("capture lock").extend_from_slice(&buffer[..n]);
+                            sent.lock()
+                                .expect("capture lock")
+                                .extend_from_slice(&buffer[..n]);
                         }
                         let _ = to_server.shutdown().await;
                     };
