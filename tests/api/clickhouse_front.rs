@@ -608,11 +608,7 @@ async fn one_connection_serves_request_after_request() {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
     let connection = connection();
-    let address = connection
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
+    let address = crate::helpers::clickhouse_address();
     let stream = tokio::net::TcpStream::connect(&address)
         .await
         .expect("connecting");

@@ -373,12 +373,7 @@ async fn a_result_over_the_row_limit_is_422_not_a_cut() {
 
 #[tokio::test]
 async fn clickhouse_down_is_503_with_retry_after_and_service_resumes_when_it_returns() {
-    let target = connection()
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut proxy = TcpProxy::start(&target).await;
+    let mut proxy = TcpProxy::start(&clickhouse_address()).await;
     let port = proxy.port;
     let app =
         spawn_app_with(|settings| settings.clickhouse.url = format!("http://127.0.0.1:{port}"))
