@@ -97,6 +97,13 @@ impl LocalClickHouse {
             return Ok(false);
         }
         self.stop().await?;
+        if self.answers().await {
+            bail!(
+                "port {} is in use by a server this checkout did not start (a local ClickHouse of \
+                 another checkout?): stop it, or choose another port with CHGATE_CLICKHOUSE_PORT",
+                Self::port()?
+            );
+        }
         self.ensure_venv()?;
         fs::create_dir_all(self.state_dir().join("data"))?;
         self.ensure_users_file()?;
