@@ -7,6 +7,7 @@
 //! - [`http`]: routes, including the Functions host's readiness probe.
 //! - [`telemetry`]: the tracing subscriber.
 
+pub mod access;
 pub mod catalog;
 pub mod http;
 pub mod query;

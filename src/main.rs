@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use chgate::access::AccessPolicy;
+use chgate::access::report::access_report;
 use chgate::catalog::Catalog;
 use chgate::settings::Settings;
 use chgate::startup::{Application, route_prefix};
@@ -24,19 +26,29 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate an endpoint catalog without serving; exits non-zero on any problem.
-    Check {
-        /// The folder of function folders (default: as when serving).
-        dir: Option<PathBuf>,
-        /// The host.json giving the route prefix.
-        #[arg(long, default_value = "host.json")]
-        host_json: PathBuf,
-    },
+    Check(CatalogArgs),
+    /// Print who can call what: endpoints × roles, the claims granting each role, and which
+    /// endpoints are tenant-scoped or cross-tenant.
+    AccessReport(CatalogArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CatalogArgs {
+    /// The folder of function folders (default: as when serving).
+    dir: Option<PathBuf>,
+    /// The host.json giving the route prefix.
+    #[arg(long, default_value = "host.json")]
+    host_json: PathBuf,
+    /// The access policy.
+    #[arg(long, default_value = "access.toml")]
+    access_policy: PathBuf,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Some(Command::Check { dir, host_json }) => check(dir, &host_json),
+        Some(Command::Check(args)) => check(&args, false),
+        Some(Command::AccessReport(args)) => check(&args, true),
         None => serve(),
     };
     match outcome {
@@ -48,13 +60,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(dir: Option<PathBuf>, host_json: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let dir = match dir {
-        Some(dir) => dir,
+fn check(args: &CatalogArgs, report: bool) -> anyhow::Result<ExitCode> {
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
         None => Settings::from_env()?.functions_dir,
     };
-    let prefix = route_prefix(host_json)?;
-    match Catalog::load(&dir, &prefix) {
+    let prefix = route_prefix(&args.host_json)?;
+    let in_azure = std::env::var_os("WEBSITE_SITE_NAME").is_some_and(|name| !name.is_empty());
+    let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), in_azure)
+        .with_context(|| format!("loading the access policy {}", args.access_policy.display()))?;
+    match Catalog::load(&dir, &prefix, &policy.catalog_rules()) {
+        Ok(catalog) if report => {
+            print!("{}", access_report(&catalog, &policy));
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(catalog) => {
             for endpoint in catalog.endpoints() {
                 let methods: Vec<&str> = endpoint.methods().iter().map(|m| m.as_str()).collect();
@@ -80,13 +99,8 @@ fn check(dir: Option<PathBuf>, host_json: &std::path::Path) -> anyhow::Result<Ex
 async fn serve() -> anyhow::Result<ExitCode> {
     telemetry::init_subscriber();
     let settings = Settings::from_env().context("reading settings from the environment")?;
-    let application = Application::build(settings)
-        .await
-        .context("building the application")?;
+    let application = Application::build(settings).await.context("building the application")?;
     tracing::info!(port = application.port(), "handler ready");
-    application
-        .run_until_stopped()
-        .await
-        .context("serving HTTP")?;
+    application.run_until_stopped().await.context("serving HTTP")?;
     Ok(ExitCode::SUCCESS)
 }

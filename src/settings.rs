@@ -23,6 +23,14 @@ pub struct Settings {
     /// `CHGATE_RESPONSE_BUFFER_BYTES`: result bytes held back before the status is committed,
     /// so that errors within them still get an error status (default 1 MiB).
     pub response_buffer_bytes: usize,
+    /// `CHGATE_ACCESS_POLICY`: the access policy file (default `access.toml`).
+    pub access_policy: PathBuf,
+    /// Set when `WEBSITE_SITE_NAME` is (the app runs in Azure): plain-http and development
+    /// issuers are refused.
+    pub in_azure: bool,
+    /// `CHGATE_TOKEN_SKEW_SECONDS` (default 60) and `CHGATE_JWKS_MIN_REFRESH_SECONDS` (default
+    /// 30): clock skew allowed on token times; least time between key refreshes on unknown kids.
+    pub token: crate::access::VerifyOptions,
 }
 
 /// Where ClickHouse is and who to connect as.
@@ -63,13 +71,10 @@ pub const DEFAULT_RESPONSE_BUFFER_BYTES: usize = 1024 * 1024;
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let port = match env::var("FUNCTIONS_CUSTOMHANDLER_PORT") {
-            Ok(value) => value
-                .trim()
-                .parse()
-                .map_err(|_| SettingsError::InvalidPort {
-                    name: "FUNCTIONS_CUSTOMHANDLER_PORT",
-                    value,
-                })?,
+            Ok(value) => value.trim().parse().map_err(|_| SettingsError::InvalidPort {
+                name: "FUNCTIONS_CUSTOMHANDLER_PORT",
+                value,
+            })?,
             Err(_) => DEFAULT_PORT,
         };
         let var = |name: &str, default: &str| env::var(name).unwrap_or_else(|_| default.to_owned());
@@ -79,17 +84,32 @@ impl Settings {
             None => PathBuf::from("."),
         };
         let response_buffer_bytes = match env::var("CHGATE_RESPONSE_BUFFER_BYTES") {
-            Ok(value) => value
-                .trim()
-                .parse()
-                .map_err(|_| SettingsError::InvalidNumber {
-                    name: "CHGATE_RESPONSE_BUFFER_BYTES",
-                    value,
-                })?,
+            Ok(value) => value.trim().parse().map_err(|_| SettingsError::InvalidNumber {
+                name: "CHGATE_RESPONSE_BUFFER_BYTES",
+                value,
+            })?,
             Err(_) => DEFAULT_RESPONSE_BUFFER_BYTES,
+        };
+        let seconds = |name: &'static str, default: u64| -> Result<std::time::Duration, SettingsError> {
+            match env::var(name) {
+                Ok(value) => value
+                    .trim()
+                    .parse()
+                    .map(std::time::Duration::from_secs)
+                    .map_err(|_| SettingsError::InvalidNumber { name, value }),
+                Err(_) => Ok(std::time::Duration::from_secs(default)),
+            }
+        };
+        let token = crate::access::VerifyOptions {
+            skew: seconds("CHGATE_TOKEN_SKEW_SECONDS", 60)?,
+            min_refresh_gap: seconds("CHGATE_JWKS_MIN_REFRESH_SECONDS", 30)?,
+            ..crate::access::VerifyOptions::default()
         };
         Ok(Self {
             port,
+            access_policy: PathBuf::from(var("CHGATE_ACCESS_POLICY", "access.toml")),
+            in_azure: env::var_os("WEBSITE_SITE_NAME").is_some_and(|name| !name.is_empty()),
+            token,
             functions_dir,
             host_json: PathBuf::from(var("CHGATE_HOST_JSON", "host.json")),
             response_buffer_bytes,

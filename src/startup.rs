@@ -7,6 +7,7 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
+use crate::access::{AccessPolicy, TokenVerifier};
 use crate::catalog::Catalog;
 use crate::http::{self, AppState};
 use crate::query::QueryRunner;
@@ -31,25 +32,33 @@ impl Application {
     /// configured port: the Functions host calls the handler on loopback only.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let route_prefix = route_prefix(&settings.host_json)?;
-        let catalog = Catalog::load(&settings.functions_dir, &route_prefix).with_context(|| {
-            format!(
-                "loading the endpoint catalog from {}",
-                settings.functions_dir.display()
-            )
-        })?;
+        let policy = AccessPolicy::load(
+            &settings.access_policy,
+            &|name| std::env::var(name).ok(),
+            settings.in_azure,
+        )
+        .with_context(|| format!("loading the access policy {}", settings.access_policy.display()))?;
+        let catalog = Catalog::load(&settings.functions_dir, &route_prefix, &policy.catalog_rules())
+            .with_context(|| format!("loading the endpoint catalog from {}", settings.functions_dir.display()))?;
         tracing::info!(endpoints = catalog.endpoints().len(), route_prefix = %route_prefix, "catalog loaded");
+        let verifier = TokenVerifier::new(policy.issuers(), settings.token.clone());
         let state = web::Data::new(AppState {
             catalog,
-            runner: QueryRunner::new(&settings.clickhouse),
+            runner: QueryRunner::new(&settings.clickhouse, &policy),
             response_buffer_bytes: settings.response_buffer_bytes,
+            verifier,
+            policy,
         });
+        // Keys are fetched in the background: readiness must not wait on the issuer, and an
+        // unreachable issuer means 503s until it answers, not a handler that will not start.
+        let prefetch = state.clone();
+        tokio::spawn(async move { prefetch.verifier.prefetch().await });
         let listener = TcpListener::bind(("127.0.0.1", settings.port))
             .with_context(|| format!("binding 127.0.0.1:{}", settings.port))?;
         let port = listener.local_addr()?.port();
-        let server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-                .listen(listener)?
-                .run();
+        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+            .listen(listener)?
+            .run();
         Ok(Self { port, server })
     }
 
@@ -71,8 +80,8 @@ pub fn route_prefix(host_json: &Path) -> anyhow::Result<String> {
             return Err(error).with_context(|| format!("reading {}", host_json.display()));
         }
     };
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", host_json.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", host_json.display()))?;
     Ok(value["extensions"]["http"]["routePrefix"]
         .as_str()
         .unwrap_or("api")

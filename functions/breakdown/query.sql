@@ -4,7 +4,7 @@ SELECT
     uniqExact(user_id) AS visitors,
     sum(revenue) AS revenue
 FROM events
-WHERE tenant_id = {tenant:String}
+WHERE tenant_id = {caller_tenant:String}
   AND ts >= {from:DateTime('UTC')}
   AND ts < {to:DateTime('UTC')}
   AND (empty({countries:Array(String)}) OR has({countries:Array(String)}, country))

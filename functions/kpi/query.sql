@@ -14,7 +14,7 @@ FROM
         sum(revenue) AS session_revenue,
         sum(duration_ms) AS session_duration_ms
     FROM events
-    WHERE tenant_id = {tenant:String}
+    WHERE tenant_id = {caller_tenant:String}
       AND ts >= {from:DateTime('UTC')}
       AND ts < {to:DateTime('UTC')}
     GROUP BY session_id

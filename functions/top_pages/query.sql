@@ -4,7 +4,7 @@ SELECT
     uniqExact(user_id) AS visitors,
     round(avg(duration_ms)) AS avg_duration_ms
 FROM events
-WHERE tenant_id = {tenant:String}
+WHERE tenant_id = {caller_tenant:String}
   AND ts >= {from:DateTime('UTC')}
   AND ts < {to:DateTime('UTC')}
 GROUP BY path

@@ -8,7 +8,7 @@ SELECT
     uniqExact(session_id) AS sessions,
     sum(revenue) AS revenue
 FROM events
-WHERE tenant_id = {tenant:String}
+WHERE tenant_id = {caller_tenant:String}
   AND ts >= {from:DateTime('UTC')}
   AND ts < {to:DateTime('UTC')}
 GROUP BY bucket

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::AccessRules;
 use super::files::{BindingJson, EndpointToml, FunctionJson};
 use super::format::OutputFormat;
 use super::param::ParamSpec;
@@ -166,7 +167,7 @@ impl Problems<'_> {
 }
 
 /// Loads `root/<name>/`, returning every problem found rather than the first.
-pub fn load(root: &Path, name: &str, route_prefix: &str) -> Result<Loaded, Vec<Problem>> {
+pub fn load(root: &Path, name: &str, route_prefix: &str, rules: &AccessRules) -> Result<Loaded, Vec<Problem>> {
     let dir = root.join(name);
     let mut problems = Problems {
         folder: name,
@@ -241,10 +242,7 @@ pub fn load(root: &Path, name: &str, route_prefix: &str) -> Result<Loaded, Vec<P
         return Err(problems.found);
     }
 
-    let (sql_text, toml_text) = match (
-        read(&dir.join("query.sql")),
-        read(&dir.join("endpoint.toml")),
-    ) {
+    let (sql_text, toml_text) = match (read(&dir.join("query.sql")), read(&dir.join("endpoint.toml"))) {
         (Ok(sql), Ok(toml)) => (sql, toml),
         (sql, toml) => {
             for (result, file) in [(sql, "query.sql"), (toml, "endpoint.toml")] {
@@ -264,11 +262,13 @@ pub fn load(root: &Path, name: &str, route_prefix: &str) -> Result<Loaded, Vec<P
         }
     };
     let params = build_params(&endpoint_toml, &toml_text, &mut problems);
-    let caller_params = check_sql(
+    let caller_params = check_sql(&sql_text, &params, &endpoint_toml, &toml_text, &mut problems);
+    check_access(
         &sql_text,
-        &params,
+        &caller_params,
         &endpoint_toml,
         &toml_text,
+        rules,
         &mut problems,
     );
     if let Some(route) = &route {
@@ -277,7 +277,9 @@ pub fn load(root: &Path, name: &str, route_prefix: &str) -> Result<Loaded, Vec<P
                 problems.add(
                     "function.json",
                     None,
-                    format!("route parameter {{{route_param}}} is not declared; add [params.{route_param}] to endpoint.toml"),
+                    format!(
+                        "route parameter {{{route_param}}} is not declared; add [params.{route_param}] to endpoint.toml"
+                    ),
                 );
             }
         }
@@ -304,10 +306,7 @@ pub fn load(root: &Path, name: &str, route_prefix: &str) -> Result<Loaded, Vec<P
             caller_params,
             limits,
             formats,
-            cache_ttl: endpoint_toml
-                .cache_ttl
-                .filter(|ttl| *ttl > 0)
-                .map(Duration::from_secs),
+            cache_ttl: endpoint_toml.cache_ttl.filter(|ttl| *ttl > 0).map(Duration::from_secs),
             roles: endpoint_toml.roles,
         }))),
         _ => Err(problems.found),
@@ -319,10 +318,7 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 fn is_function_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Checks the bindings as the host would, returning the HTTP trigger of a query endpoint.
@@ -331,10 +327,7 @@ fn check_bindings<'a>(
     is_query: bool,
     problems: &mut Problems<'_>,
 ) -> Option<&'a BindingJson> {
-    let triggers: Vec<&BindingJson> = bindings
-        .iter()
-        .filter(|b| b.kind.ends_with("Trigger"))
-        .collect();
+    let triggers: Vec<&BindingJson> = bindings.iter().filter(|b| b.kind.ends_with("Trigger")).collect();
     let http_trigger = triggers.iter().copied().find(|b| b.kind == "httpTrigger");
     if triggers.len() != 1 {
         problems.add(
@@ -411,7 +404,9 @@ fn methods(trigger: &BindingJson, problems: &mut Problems<'_>) -> Vec<Method> {
             other => problems.add(
                 "function.json",
                 None,
-                format!("method {other:?}: query endpoints answer \"get\" (query string) and \"post\" (JSON body) only"),
+                format!(
+                    "method {other:?}: query endpoints answer \"get\" (query string) and \"post\" (JSON body) only"
+                ),
             ),
         }
     }
@@ -428,12 +423,7 @@ fn methods(trigger: &BindingJson, problems: &mut Problems<'_>) -> Vec<Method> {
 }
 
 fn auth_level(trigger: &BindingJson, problems: &mut Problems<'_>) -> AuthLevel {
-    match trigger
-        .auth_level
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
+    match trigger.auth_level.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("function") => AuthLevel::Function,
         Some("anonymous") => AuthLevel::Anonymous,
         Some("admin") => AuthLevel::Admin,
@@ -529,7 +519,11 @@ fn check_sql(
         );
     }
     for line in &scan.extra_statements {
-        problems.add("query.sql", Some(*line), "a second SQL statement: an endpoint runs exactly one; remove everything after the first ';'");
+        problems.add(
+            "query.sql",
+            Some(*line),
+            "a second SQL statement: an endpoint runs exactly one; remove everything after the first ';'",
+        );
     }
     if let Some((line, clause)) = &scan.output_clause {
         problems.add(
@@ -550,17 +544,12 @@ fn check_sql(
                 continue;
             }
         };
-        if let Some(reserved) = RESERVED_CALLER_PARAMS
-            .iter()
-            .find(|r| **r == placeholder.name)
-        {
+        if let Some(reserved) = RESERVED_CALLER_PARAMS.iter().find(|r| **r == placeholder.name) {
             if parsed != ParamType::String {
                 problems.add(
                     "query.sql",
                     line,
-                    format!(
-                        "placeholder {shown}: {reserved} is a String; write {{{reserved}:String}}"
-                    ),
+                    format!("placeholder {shown}: {reserved} is a String; write {{{reserved}:String}}"),
                 );
             }
             if !caller_params.contains(reserved) {
@@ -611,6 +600,64 @@ fn check_sql(
     caller_params
 }
 
+/// Deny by default: an endpoint names the roles that may call it, all defined by the policy;
+/// and it filters tenant-scoped tables by the caller's tenant unless only cross-tenant roles
+/// may call it.
+fn check_access(
+    sql_text: &str,
+    caller_params: &[&'static str],
+    endpoint_toml: &EndpointToml,
+    toml_text: &str,
+    rules: &AccessRules,
+    problems: &mut Problems<'_>,
+) {
+    let line = key_line(toml_text, "roles");
+    if endpoint_toml.roles.is_empty() {
+        problems.add(
+            "endpoint.toml",
+            line,
+            "roles is missing or empty: list the roles that may call this endpoint (nobody may call an endpoint without roles)",
+        );
+    }
+    for role in &endpoint_toml.roles {
+        if !rules.roles.contains(role) {
+            let known: Vec<&str> = rules.roles.iter().map(String::as_str).collect();
+            problems.add(
+                "endpoint.toml",
+                line,
+                format!(
+                    "role {role:?} is not defined in the access policy (defined: {})",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+    if caller_params.contains(&"caller_tenant") {
+        return;
+    }
+    let all_cross_tenant = !endpoint_toml.roles.is_empty()
+        && endpoint_toml
+            .roles
+            .iter()
+            .all(|role| rules.cross_tenant_roles.contains(role));
+    if all_cross_tenant {
+        return;
+    }
+    let identifiers = sql::scan(sql_text).identifiers;
+    for table in &rules.tenant_scoped_tables {
+        if identifiers.contains(table) {
+            problems.add(
+                "query.sql",
+                None,
+                format!(
+                    "reads the tenant-scoped table {table} without {{caller_tenant:String}}: filter by it \
+                     (WHERE tenant_id = {{caller_tenant:String}}), or let only cross-tenant roles call the endpoint"
+                ),
+            );
+        }
+    }
+}
+
 fn limits(endpoint_toml: &EndpointToml, toml_text: &str, problems: &mut Problems<'_>) -> Limits {
     let limits = &endpoint_toml.limits;
     let max_execution_time = limits
@@ -626,10 +673,7 @@ fn limits(endpoint_toml: &EndpointToml, toml_text: &str, problems: &mut Problems
             ),
         );
     }
-    for (value, key) in [
-        (limits.max_rows, "max_rows"),
-        (limits.max_bytes, "max_bytes"),
-    ] {
+    for (value, key) in [(limits.max_rows, "max_rows"), (limits.max_bytes, "max_bytes")] {
         if value == Some(0) {
             problems.add(
                 "endpoint.toml",
@@ -645,11 +689,7 @@ fn limits(endpoint_toml: &EndpointToml, toml_text: &str, problems: &mut Problems
     }
 }
 
-fn formats(
-    endpoint_toml: &EndpointToml,
-    toml_text: &str,
-    problems: &mut Problems<'_>,
-) -> Vec<OutputFormat> {
+fn formats(endpoint_toml: &EndpointToml, toml_text: &str, problems: &mut Problems<'_>) -> Vec<OutputFormat> {
     let Some(names) = &endpoint_toml.formats else {
         return OutputFormat::ALL.to_vec();
     };

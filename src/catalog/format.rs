@@ -58,9 +58,7 @@ impl OutputFormat {
     pub fn from_media_type(media_type: &str) -> Option<Self> {
         match media_type.trim().to_ascii_lowercase().as_str() {
             "application/json" => Some(Self::Json),
-            "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => {
-                Some(Self::Ndjson)
-            }
+            "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => Some(Self::Ndjson),
             "text/csv" => Some(Self::Csv),
             "application/vnd.apache.parquet" | "application/parquet" => Some(Self::Parquet),
             _ => None,
@@ -77,10 +75,7 @@ impl FromStr for OutputFormat {
             .find(|format| format.name().eq_ignore_ascii_case(name))
             .ok_or_else(|| {
                 let names: Vec<&str> = Self::ALL.iter().map(|f| f.name()).collect();
-                format!(
-                    "unknown format {name:?}; the formats are {}",
-                    names.join(", ")
-                )
+                format!("unknown format {name:?}; the formats are {}", names.join(", "))
             })
     }
 }

@@ -10,12 +10,24 @@ pub mod route;
 pub mod sql;
 pub mod types;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 
 pub use endpoint::{Endpoint, Method, Problem};
 
 use endpoint::Loaded;
+
+/// What the access policy requires of every endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct AccessRules {
+    /// The roles that exist; an endpoint must name at least one, and only these.
+    pub roles: BTreeSet<String>,
+    /// Roles allowed to read tenant-scoped tables without the tenant filter.
+    pub cross_tenant_roles: BTreeSet<String>,
+    /// Tables whose rows belong to tenants.
+    pub tenant_scoped_tables: Vec<String>,
+}
 
 /// Every query endpoint of the app.
 #[derive(Debug)]
@@ -32,11 +44,7 @@ pub struct CatalogError {
 
 impl fmt::Display for CatalogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "the endpoint catalog has {} problem(s):",
-            self.problems.len()
-        )?;
+        writeln!(f, "the endpoint catalog has {} problem(s):", self.problems.len())?;
         for problem in &self.problems {
             writeln!(f, "{problem}")?;
         }
@@ -59,7 +67,7 @@ pub enum RouteMatch<'a> {
 impl Catalog {
     /// Loads every function folder under `dir`. `route_prefix` is host.json's
     /// `extensions.http.routePrefix` (forwarded requests arrive under `/<prefix>/<route>`).
-    pub fn load(dir: &Path, route_prefix: &str) -> Result<Self, CatalogError> {
+    pub fn load(dir: &Path, route_prefix: &str, rules: &AccessRules) -> Result<Self, CatalogError> {
         let mut problems = Vec::new();
         let mut endpoints = Vec::new();
         let mut names = match std::fs::read_dir(dir) {
@@ -87,14 +95,12 @@ impl Catalog {
                     problems.push(Problem {
                         file: Path::new(&name).join("function.json"),
                         line: None,
-                        message:
-                            "missing: without it the Functions host does not see this endpoint"
-                                .into(),
+                        message: "missing: without it the Functions host does not see this endpoint".into(),
                     });
                 }
                 continue;
             }
-            match endpoint::load(dir, &name, route_prefix) {
+            match endpoint::load(dir, &name, route_prefix, rules) {
                 Ok(Loaded::Query(endpoint)) => endpoints.push(*endpoint),
                 Ok(Loaded::Other) => {}
                 Err(found) => problems.extend(found),
@@ -121,9 +127,7 @@ impl Catalog {
 
     /// The endpoint of a function name (how the host addresses functions in invocation mode).
     pub fn by_function_name(&self, name: &str) -> Option<&Endpoint> {
-        self.endpoints
-            .iter()
-            .find(|endpoint| endpoint.name() == name)
+        self.endpoints.iter().find(|endpoint| endpoint.name() == name)
     }
 
     /// Finds the endpoint for a path below the route prefix and a method.
@@ -132,10 +136,7 @@ impl Catalog {
         for endpoint in &self.endpoints {
             if let Some(route_params) = endpoint.route().matches(path) {
                 if endpoint.methods().contains(&method) {
-                    return RouteMatch::Found {
-                        endpoint,
-                        route_params,
-                    };
+                    return RouteMatch::Found { endpoint, route_params };
                 }
                 allowed.extend_from_slice(endpoint.methods());
             }

@@ -260,9 +260,7 @@ fn checked_type(text: &str, problems: &mut Vec<String>) -> Option<ParamType> {
 
 fn unsupported(ty: &ParamType) -> Option<&'static str> {
     match ty.element().map(ParamType::inner) {
-        Some(ParamType::Array(_)) => {
-            Some("arrays of arrays are not supported as parameters; use a flat Array")
-        }
+        Some(ParamType::Array(_)) => Some("arrays of arrays are not supported as parameters; use a flat Array"),
         // The crate sends array items of text quoted (['1.5']), and ClickHouse reads Decimal
         // items only unquoted, so such a value would fail on every request.
         Some(ParamType::Decimal { .. }) => Some(
@@ -350,12 +348,7 @@ fn regex_problem(error: &regex::Error) -> String {
     }
 }
 
-fn bound(
-    key: &str,
-    ty: &ParamType,
-    value: Option<&toml::Value>,
-    problems: &mut Vec<String>,
-) -> Option<Bound> {
+fn bound(key: &str, ty: &ParamType, value: Option<&toml::Value>, problems: &mut Vec<String>) -> Option<Bound> {
     let value = value?;
     let scalar = ty.scalar();
     if !is_ordered(scalar) {
@@ -387,17 +380,10 @@ fn bound(
     }
 }
 
-fn allowed(
-    ty: &ParamType,
-    values: Option<&[toml::Value]>,
-    problems: &mut Vec<String>,
-) -> Option<Allowed> {
+fn allowed(ty: &ParamType, values: Option<&[toml::Value]>, problems: &mut Vec<String>) -> Option<Allowed> {
     let values = values?;
     if values.is_empty() {
-        problems.push(
-            "`allowed` is empty, so no value could pass; list the accepted values or remove it"
-                .to_owned(),
-        );
+        problems.push("`allowed` is empty, so no value could pass; list the accepted values or remove it".to_owned());
         return None;
     }
     let scalar = ty.scalar();
@@ -425,12 +411,7 @@ fn allowed(
 
 /// Checks the default like a JSON request value, so a TOML string, number or array means
 /// what it would mean in a request body.
-fn own_default(
-    ty: &ParamType,
-    rules: &Rules,
-    value: &toml::Value,
-    problems: &mut Vec<String>,
-) -> Option<ParamValue> {
+fn own_default(ty: &ParamType, rules: &Rules, value: &toml::Value, problems: &mut Vec<String>) -> Option<ParamValue> {
     let json = match toml_to_json(value) {
         Ok(json) => json,
         Err(why) => {
@@ -441,24 +422,14 @@ fn own_default(
     match rules.json(ty, &json) {
         Ok(value) => Some(value),
         Err(failure) => {
-            problems.push(own_value_problem(
-                "default",
-                &config_shown(&json),
-                ty,
-                failure,
-            ));
+            problems.push(own_value_problem("default", &config_shown(&json), ty, failure));
             None
         }
     }
 }
 
 /// Checks the example as the query-string text it documents.
-fn own_example(
-    ty: &ParamType,
-    rules: &Rules,
-    value: &toml::Value,
-    problems: &mut Vec<String>,
-) -> Option<String> {
+fn own_example(ty: &ParamType, rules: &Rules, value: &toml::Value, problems: &mut Vec<String>) -> Option<String> {
     let text = match request_text(value) {
         Ok(text) => text,
         Err(why) => {
@@ -492,9 +463,7 @@ fn toml_to_json(value: &toml::Value) -> Result<Json, String> {
             .ok_or("must be a finite number, not nan or inf")?,
         toml::Value::Boolean(flag) => Json::Bool(*flag),
         toml::Value::Datetime(datetime) => Json::String(datetime.to_string()),
-        toml::Value::Array(items) => {
-            Json::Array(items.iter().map(toml_to_json).collect::<Result<_, _>>()?)
-        }
+        toml::Value::Array(items) => Json::Array(items.iter().map(toml_to_json).collect::<Result<_, _>>()?),
         toml::Value::Table(_) => return Err(not_a_value()),
     })
 }
@@ -508,11 +477,7 @@ fn request_text(value: &toml::Value) -> Result<String, String> {
         toml::Value::Float(number) => number.to_string(),
         toml::Value::Boolean(flag) => flag.to_string(),
         toml::Value::Datetime(datetime) => datetime.to_string(),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(request_text)
-            .collect::<Result<Vec<_>, _>>()?
-            .join(","),
+        toml::Value::Array(items) => items.iter().map(request_text).collect::<Result<Vec<_>, _>>()?.join(","),
         toml::Value::Table(_) => return Err(not_a_value()),
     })
 }
@@ -712,19 +677,13 @@ impl Rules {
             if let Some(pattern) = &self.pattern
                 && !pattern.regex.is_match(text)
             {
-                return Err(Problem::Violates(format!(
-                    "must match pattern {}",
-                    pattern.source
-                )));
+                return Err(Problem::Violates(format!("must match pattern {}", pattern.source)));
             }
         }
         if let Some(allowed) = &self.allowed
             && !allowed.values.contains(&scalar.value)
         {
-            return Err(Problem::Violates(format!(
-                "must be one of: {}",
-                allowed.shown
-            )));
+            return Err(Problem::Violates(format!("must be one of: {}", allowed.shown)));
         }
         Ok(scalar.value)
     }
@@ -790,13 +749,9 @@ fn json_kind(value: &Json) -> &'static str {
 
 fn wanted(ty: &ParamType) -> &'static str {
     match ty {
-        ParamType::Int { .. } | ParamType::Float32 | ParamType::Float64 => {
-            "a JSON number (or a string holding one)"
-        }
+        ParamType::Int { .. } | ParamType::Float32 | ParamType::Float64 => "a JSON number (or a string holding one)",
         ParamType::Decimal { .. } => "a JSON string (or a number)",
-        ParamType::DateTime { .. } | ParamType::DateTime64 { .. } => {
-            "a JSON string (or a number of Unix seconds)"
-        }
+        ParamType::DateTime { .. } | ParamType::DateTime64 { .. } => "a JSON string (or a number of Unix seconds)",
         ParamType::Bool => "true or false",
         _ => "a JSON string",
     }
@@ -972,9 +927,7 @@ fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<Scalar, String>
     let magnitude: i128 = if scaled.is_empty() {
         0
     } else {
-        scaled
-            .parse()
-            .map_err(|_| format!("out of range for {ty}"))?
+        scaled.parse().map_err(|_| format!("out of range for {ty}"))?
     };
     let key = if negative { -magnitude } else { magnitude };
     let sign = if key < 0 { "-" } else { "" };
@@ -1130,13 +1083,10 @@ fn parse_datetime(text: &str, precision: Option<u8>) -> Result<Scalar, String> {
     let fraction = part(7);
     let nanos = fraction_nanos(fraction, precision)?;
     let date = calendar_date(part(1), part(2), part(3))?;
-    let time = Time::from_hms_nano(number(hour)?, number(minute)?, number(second)?, nanos)
-        .map_err(out_of_range)?;
+    let time = Time::from_hms_nano(number(hour)?, number(minute)?, number(second)?, nanos).map_err(out_of_range)?;
     let local = PrimitiveDateTime::new(date, time);
     if let Some(offset) = captures.get(8) {
-        let instant = local
-            .assume_offset(utc_offset(offset.as_str())?)
-            .unix_timestamp_nanos();
+        let instant = local.assume_offset(utc_offset(offset.as_str())?).unix_timestamp_nanos();
         check_range(instant, precision)?;
         return Ok(Scalar {
             value: ParamValue::Text(unix_text(instant, fraction.len())?),
@@ -1145,12 +1095,7 @@ fn parse_datetime(text: &str, precision: Option<u8>) -> Result<Scalar, String> {
     }
     let as_utc = local.assume_utc().unix_timestamp_nanos();
     check_range(as_utc, precision)?;
-    let mut canonical = format!(
-        "{}-{}-{} {hour}:{minute}:{second}",
-        part(1),
-        part(2),
-        part(3)
-    );
+    let mut canonical = format!("{}-{}-{} {hour}:{minute}:{second}", part(1), part(2), part(3));
     if !fraction.is_empty() {
         canonical = format!("{canonical}.{fraction}");
     }
@@ -1177,12 +1122,7 @@ fn datetime_form_problem(text: &str, precision: Option<u8>) -> String {
 }
 
 /// Unix seconds, with a fraction for DateTime64 and a sign for instants before 1970.
-fn unix_time(
-    negative: bool,
-    seconds: &str,
-    fraction: &str,
-    precision: Option<u8>,
-) -> Result<Scalar, String> {
+fn unix_time(negative: bool, seconds: &str, fraction: &str, precision: Option<u8>) -> Result<Scalar, String> {
     let range = time_range(precision);
     let nanos = fraction_nanos(fraction, precision)?;
     let magnitude = seconds
@@ -1231,8 +1171,7 @@ fn utc_offset(text: &str) -> Result<UtcOffset, String> {
         return Err("offset minutes out of range".to_owned());
     }
     let sign = if text.starts_with('-') { -1 } else { 1 };
-    UtcOffset::from_hms(sign * hours, sign * minutes, 0)
-        .map_err(|problem| format!("offset {}", out_of_range(problem)))
+    UtcOffset::from_hms(sign * hours, sign * minutes, 0).map_err(|problem| format!("offset {}", out_of_range(problem)))
 }
 
 /// An instant as the Unix seconds text ClickHouse reads for DateTime and DateTime64
@@ -1246,11 +1185,9 @@ fn unix_text(nanos: i128, digits: usize) -> Result<String, String> {
     let sub = magnitude % NANOS_PER_SECOND.unsigned_abs();
     if nanos < 0 && seconds == 0 {
         // ClickHouse drops the sign of `-0.5`, reading it as half a second after 1970.
-        return Err(
-            "an instant within the second before 1970-01-01 00:00:00 UTC cannot be \
+        return Err("an instant within the second before 1970-01-01 00:00:00 UTC cannot be \
              sent as a Unix time (ClickHouse misreads it); send it without an offset"
-                .to_owned(),
-        );
+            .to_owned());
     }
     let sign = if nanos < 0 { "-" } else { "" };
     let mut text = format!("{sign}{seconds:010}");
@@ -1301,16 +1238,12 @@ mod tests {
     }
 
     fn ok(spec: &ParamSpec, value: &str) -> ParamValue {
-        query(spec, &[value])
-            .unwrap_or_else(|e| panic!("{value:?} should parse as {}: {e}", spec.ty()))
+        query(spec, &[value]).unwrap_or_else(|e| panic!("{value:?} should parse as {}: {e}", spec.ty()))
     }
 
     fn refused(spec: &ParamSpec, value: &str) -> ParamError {
         match query(spec, &[value]) {
-            Ok(parsed) => panic!(
-                "{value:?} should be refused as {}, got {parsed:?}",
-                spec.ty()
-            ),
+            Ok(parsed) => panic!("{value:?} should be refused as {}, got {parsed:?}", spec.ty()),
             Err(error) => error,
         }
     }
@@ -1346,11 +1279,7 @@ mod tests {
     fn uint8_rejects_256_with_the_range_in_the_message() {
         let error = refused(&required("UInt8"), "256");
         assert_eq!(error.problem(), "out of range for UInt8 (0..=255)");
-        assert!(
-            refused(&required("UInt8"), "-1")
-                .problem()
-                .contains("(0..=255)")
-        );
+        assert!(refused(&required("UInt8"), "-1").problem().contains("(0..=255)"));
     }
 
     #[test]
@@ -1358,16 +1287,10 @@ mod tests {
         let int8 = required("Int8");
         assert_eq!(ok(&int8, "-128"), ParamValue::Int(-128));
         assert_eq!(ok(&int8, "127"), ParamValue::Int(127));
-        assert_eq!(
-            refused(&int8, "128").problem(),
-            "out of range for Int8 (-128..=127)"
-        );
+        assert_eq!(refused(&int8, "128").problem(), "out of range for Int8 (-128..=127)");
         assert!(refused(&int8, "-129").problem().contains("out of range"));
         let int64 = required("Int64");
-        assert_eq!(
-            ok(&int64, "-9223372036854775808"),
-            ParamValue::Int(i64::MIN)
-        );
+        assert_eq!(ok(&int64, "-9223372036854775808"), ParamValue::Int(i64::MIN));
         assert_eq!(ok(&int64, "9223372036854775807"), ParamValue::Int(i64::MAX));
         assert!(
             refused(&int64, "9223372036854775808")
@@ -1376,55 +1299,32 @@ mod tests {
         );
         let int16 = required("Int16");
         assert_eq!(ok(&int16, "-32768"), ParamValue::Int(-32768));
-        assert!(
-            refused(&int16, "32768")
-                .problem()
-                .contains("-32768..=32767")
-        );
+        assert!(refused(&int16, "32768").problem().contains("-32768..=32767"));
         let int32 = required("Int32");
         assert_eq!(ok(&int32, "2147483647"), ParamValue::Int(2147483647));
-        assert!(
-            refused(&int32, "2147483648")
-                .problem()
-                .contains("out of range")
-        );
+        assert!(refused(&int32, "2147483648").problem().contains("out of range"));
     }
 
     #[test]
     fn uint64_takes_its_maximum_and_refuses_more_digits_than_any_integer() {
         let spec = required("UInt64");
-        assert_eq!(
-            ok(&spec, "18446744073709551615"),
-            ParamValue::UInt(u64::MAX)
-        );
+        assert_eq!(ok(&spec, "18446744073709551615"), ParamValue::UInt(u64::MAX));
         assert!(
             refused(&spec, "18446744073709551616")
                 .problem()
                 .contains("out of range")
         );
         let huge = "9".repeat(100);
-        assert!(
-            refused(&spec, &huge)
-                .problem()
-                .contains("out of range for UInt64")
-        );
+        assert!(refused(&spec, &huge).problem().contains("out of range for UInt64"));
         assert_eq!(ok(&required("UInt16"), "65535"), ParamValue::UInt(65535));
-        assert_eq!(
-            ok(&required("UInt32"), "4294967295"),
-            ParamValue::UInt(4294967295)
-        );
+        assert_eq!(ok(&required("UInt32"), "4294967295"), ParamValue::UInt(4294967295));
     }
 
     #[test]
     fn integers_are_decimal_digits_only() {
         let spec = required("Int32");
-        for bad in [
-            "", "+5", "1.0", " 5", "5 ", "0x10", "1e3", "--1", "-", "٣", "five",
-        ] {
-            assert!(
-                refused(&spec, bad).problem().starts_with("not an integer"),
-                "{bad:?}"
-            );
+        for bad in ["", "+5", "1.0", " 5", "5 ", "0x10", "1e3", "--1", "-", "٣", "five"] {
+            assert!(refused(&spec, bad).problem().starts_with("not an integer"), "{bad:?}");
         }
     }
 
@@ -1436,21 +1336,13 @@ mod tests {
             json_ok(&spec, json!("18446744073709551615")),
             ParamValue::UInt(u64::MAX)
         );
-        assert!(
-            json_refused(&spec, json!(1.5))
-                .problem()
-                .starts_with("not an integer")
-        );
+        assert!(json_refused(&spec, json!(1.5)).problem().starts_with("not an integer"));
         assert!(
             json_refused(&spec, json!(true))
                 .problem()
                 .contains("a JSON boolean is not accepted for UInt64; send a JSON number")
         );
-        assert!(
-            json_refused(&spec, json!(-1))
-                .problem()
-                .contains("out of range")
-        );
+        assert!(json_refused(&spec, json!(-1)).problem().contains("out of range"));
     }
 
     // --- floats and booleans
@@ -1470,30 +1362,17 @@ mod tests {
     fn floats_refuse_nan_and_infinity() {
         let spec = required("Float64");
         for bad in ["nan", "NaN", "inf", "-inf", "infinity", "-Infinity"] {
-            assert_eq!(
-                refused(&spec, bad).problem(),
-                "must be a finite number",
-                "{bad}"
-            );
+            assert_eq!(refused(&spec, bad).problem(), "must be a finite number", "{bad}");
         }
-        assert_eq!(
-            refused(&spec, "1e400").problem(),
-            "out of range for Float64"
-        );
+        assert_eq!(refused(&spec, "1e400").problem(), "out of range for Float64");
     }
 
     #[test]
     fn float32_refuses_values_beyond_its_range() {
         let spec = required("Float32");
         assert_eq!(ok(&spec, "3.4e38"), ParamValue::Float(3.4e38));
-        assert_eq!(
-            refused(&spec, "3.5e38").problem(),
-            "out of range for Float32"
-        );
-        assert_eq!(
-            refused(&spec, "-1e39").problem(),
-            "out of range for Float32"
-        );
+        assert_eq!(refused(&spec, "3.5e38").problem(), "out of range for Float32");
+        assert_eq!(refused(&spec, "-1e39").problem(), "out of range for Float32");
     }
 
     #[test]
@@ -1511,24 +1390,13 @@ mod tests {
             assert_eq!(ok(&spec, input), ParamValue::Bool(expected), "{input}");
         }
         for bad in ["yes", "no", "t", "", "2", "on"] {
-            assert_eq!(
-                refused(&spec, bad).problem(),
-                "not a boolean (true, false, 1 or 0)"
-            );
+            assert_eq!(refused(&spec, bad).problem(), "not a boolean (true, false, 1 or 0)");
         }
         assert_eq!(json_ok(&spec, json!(false)), ParamValue::Bool(false));
         assert_eq!(json_ok(&spec, json!("true")), ParamValue::Bool(true));
-        assert!(
-            json_refused(&spec, json!(1))
-                .problem()
-                .contains("send true or false")
-        );
+        assert!(json_refused(&spec, json!(1)).problem().contains("send true or false"));
         assert!(spec.ty() == &ParamType::Bool);
-        assert!(
-            refused(&spec, "x")
-                .expected()
-                .contains("true, false, 1 or 0")
-        );
+        assert!(refused(&spec, "x").expected().contains("true, false, 1 or 0"));
     }
 
     // --- decimals
@@ -1563,9 +1431,7 @@ mod tests {
         let spec = required("Decimal(9, 2)");
         for bad in [".5", "1.", "+1", "1e2", "1,5", "", "-", "1.2.3", " 1"] {
             assert!(
-                refused(&spec, bad)
-                    .problem()
-                    .starts_with("not a decimal number"),
+                refused(&spec, bad).problem().starts_with("not a decimal number"),
                 "{bad:?}"
             );
         }
@@ -1642,18 +1508,9 @@ mod tests {
     #[test]
     fn datetime_without_an_offset_is_kept_as_local_text() {
         let spec = required("DateTime('UTC')");
-        assert_eq!(
-            ok(&spec, "2026-12-04 10:11:12"),
-            text("2026-12-04 10:11:12")
-        );
-        assert_eq!(
-            ok(&spec, "2026-12-04T10:11:12"),
-            text("2026-12-04 10:11:12")
-        );
-        assert_eq!(
-            ok(&spec, "2026-12-04t10:11:12"),
-            text("2026-12-04 10:11:12")
-        );
+        assert_eq!(ok(&spec, "2026-12-04 10:11:12"), text("2026-12-04 10:11:12"));
+        assert_eq!(ok(&spec, "2026-12-04T10:11:12"), text("2026-12-04 10:11:12"));
+        assert_eq!(ok(&spec, "2026-12-04t10:11:12"), text("2026-12-04 10:11:12"));
         assert_eq!(ok(&spec, "2026-12-04"), text("2026-12-04 00:00:00"));
         assert_eq!(
             json_ok(&spec, json!("2026-12-04 10:11:12")),
@@ -1684,14 +1541,8 @@ mod tests {
     fn datetime_takes_its_range_and_no_further() {
         let spec = required("DateTime");
         let range = "out of range for DateTime (1970-01-01 00:00:00 to 2106-02-07 06:28:15 UTC)";
-        assert_eq!(
-            ok(&spec, "2106-02-07 06:28:15"),
-            text("2106-02-07 06:28:15")
-        );
-        assert_eq!(
-            ok(&spec, "1970-01-01 00:00:00"),
-            text("1970-01-01 00:00:00")
-        );
+        assert_eq!(ok(&spec, "2106-02-07 06:28:15"), text("2106-02-07 06:28:15"));
+        assert_eq!(ok(&spec, "1970-01-01 00:00:00"), text("1970-01-01 00:00:00"));
         assert_eq!(ok(&spec, "4294967295"), text("4294967295"));
         assert_eq!(refused(&spec, "2106-02-07 06:28:16").problem(), range);
         assert_eq!(refused(&spec, "1969-12-31 23:59:59").problem(), range);
@@ -1712,18 +1563,9 @@ mod tests {
             refused(&spec, "1733300000.5").problem(),
             "DateTime has no fractional seconds (DateTime64 has)"
         );
-        assert_eq!(
-            refused(&spec, "2026-12-04 24:00:00").problem(),
-            "hour out of range"
-        );
-        assert_eq!(
-            refused(&spec, "2026-12-04 10:60:00").problem(),
-            "minute out of range"
-        );
-        assert_eq!(
-            refused(&spec, "2026-12-31 23:59:60").problem(),
-            "second out of range"
-        );
+        assert_eq!(refused(&spec, "2026-12-04 24:00:00").problem(), "hour out of range");
+        assert_eq!(refused(&spec, "2026-12-04 10:60:00").problem(), "minute out of range");
+        assert_eq!(refused(&spec, "2026-12-31 23:59:60").problem(), "second out of range");
         assert_eq!(
             refused(&spec, "2026-12-04T10:00:00+24:00").problem(),
             "offset hours out of range"
@@ -1739,10 +1581,7 @@ mod tests {
             "2026-12-04T10:11:12 Z",
             "",
         ] {
-            assert!(
-                refused(&spec, bad).problem().starts_with("not in the form"),
-                "{bad:?}"
-            );
+            assert!(refused(&spec, bad).problem().starts_with("not in the form"), "{bad:?}");
         }
     }
 
@@ -1762,8 +1601,7 @@ mod tests {
 
     #[test]
     fn datetime_error_reads_as_documented() {
-        let spec = ParamSpec::from_toml("from", table("type = 'DateTime'\nrequired = true"))
-            .expect("valid spec");
+        let spec = ParamSpec::from_toml("from", table("type = 'DateTime'\nrequired = true")).expect("valid spec");
         let error = refused(&spec, "2026-13-01");
         assert_eq!(
             error.to_string(),
@@ -1771,28 +1609,16 @@ mod tests {
              got \"2026-13-01\": month out of range"
         );
         assert_eq!(error.param(), "from");
-        assert_eq!(
-            error.expected(),
-            "DateTime ('YYYY-MM-DD hh:mm:ss' or RFC 3339)"
-        );
+        assert_eq!(error.expected(), "DateTime ('YYYY-MM-DD hh:mm:ss' or RFC 3339)");
         assert_eq!(error.problem(), "month out of range");
     }
 
     #[test]
     fn datetime64_keeps_up_to_its_precision_of_fraction() {
         let spec = required("DateTime64(3, 'UTC')");
-        assert_eq!(
-            ok(&spec, "2026-12-04 10:11:12"),
-            text("2026-12-04 10:11:12")
-        );
-        assert_eq!(
-            ok(&spec, "2026-12-04 10:11:12.5"),
-            text("2026-12-04 10:11:12.5")
-        );
-        assert_eq!(
-            ok(&spec, "2026-12-04T10:11:12.123"),
-            text("2026-12-04 10:11:12.123")
-        );
+        assert_eq!(ok(&spec, "2026-12-04 10:11:12"), text("2026-12-04 10:11:12"));
+        assert_eq!(ok(&spec, "2026-12-04 10:11:12.5"), text("2026-12-04 10:11:12.5"));
+        assert_eq!(ok(&spec, "2026-12-04T10:11:12.123"), text("2026-12-04 10:11:12.123"));
         assert_eq!(
             refused(&spec, "2026-12-04 10:11:12.1234").problem(),
             "more than 3 fractional digits for DateTime64(3)"
@@ -1812,17 +1638,11 @@ mod tests {
     fn datetime64_with_an_offset_becomes_unix_seconds_with_the_fraction() {
         let spec = required("DateTime64(3, 'UTC')");
         assert_eq!(ok(&spec, "2024-12-04T08:13:20.5Z"), text("1733300000.5"));
-        assert_eq!(
-            ok(&spec, "2024-12-04T09:13:20.123+01:00"),
-            text("1733300000.123")
-        );
+        assert_eq!(ok(&spec, "2024-12-04T09:13:20.123+01:00"), text("1733300000.123"));
         assert_eq!(ok(&spec, "2024-12-04T08:13:20Z"), text("1733300000"));
         assert_eq!(ok(&spec, "1969-12-31T23:59:58.5Z"), text("-0000000001.5"));
         assert_eq!(ok(&spec, "1900-01-01T00:00:00Z"), text("-2208988800"));
-        assert_eq!(
-            ok(&spec, "1970-01-01T00:00:00.250Z"),
-            text("0000000000.250")
-        );
+        assert_eq!(ok(&spec, "1970-01-01T00:00:00.250Z"), text("0000000000.250"));
     }
 
     #[test]
@@ -1843,35 +1663,24 @@ mod tests {
         let spec = required("DateTime64(3, 'UTC')");
         for instant in ["1969-12-31T23:59:59.5Z", "-0.5", "-0.001"] {
             assert!(
-                refused(&spec, instant)
-                    .problem()
-                    .contains("ClickHouse misreads it"),
+                refused(&spec, instant).problem().contains("ClickHouse misreads it"),
                 "{instant}"
             );
         }
         // Without an offset the text goes as it is, which ClickHouse reads correctly.
-        assert_eq!(
-            ok(&spec, "1969-12-31 23:59:59.5"),
-            text("1969-12-31 23:59:59.5")
-        );
+        assert_eq!(ok(&spec, "1969-12-31 23:59:59.5"), text("1969-12-31 23:59:59.5"));
     }
 
     #[test]
     fn datetime64_takes_its_range_and_no_further() {
         let spec = required("DateTime64(9)");
         let range = "out of range for DateTime64 (1900-01-01 00:00:00 to 2299-12-31 23:59:59.999999999 UTC)";
-        assert_eq!(
-            ok(&spec, "1900-01-01 00:00:00"),
-            text("1900-01-01 00:00:00")
-        );
+        assert_eq!(ok(&spec, "1900-01-01 00:00:00"), text("1900-01-01 00:00:00"));
         assert_eq!(
             ok(&spec, "2299-12-31 23:59:59.999999999"),
             text("2299-12-31 23:59:59.999999999")
         );
-        assert_eq!(
-            refused(&spec, "1899-12-31 23:59:59.999999999").problem(),
-            range
-        );
+        assert_eq!(refused(&spec, "1899-12-31 23:59:59.999999999").problem(), range);
         assert_eq!(refused(&spec, "2300-01-01 00:00:00").problem(), range);
         assert_eq!(refused(&spec, "10413792000").problem(), range);
         assert_eq!(refused(&spec, "-2208988800.000000001").problem(), range);
@@ -1895,10 +1704,7 @@ mod tests {
             "7c9e6679-7425-40de-944be-07fc1f90ae7",
             "",
         ] {
-            assert!(
-                refused(&spec, bad).problem().starts_with("not a UUID"),
-                "{bad:?}"
-            );
+            assert!(refused(&spec, bad).problem().starts_with("not a UUID"), "{bad:?}");
         }
     }
 
@@ -1907,20 +1713,14 @@ mod tests {
         let v4 = required("IPv4");
         assert_eq!(ok(&v4, "192.0.2.1"), text("192.0.2.1"));
         for bad in ["256.0.0.1", "192.0.2", "::1", "1.2.3.4 "] {
-            assert!(
-                refused(&v4, bad).problem().starts_with("not an IPv4"),
-                "{bad:?}"
-            );
+            assert!(refused(&v4, bad).problem().starts_with("not an IPv4"), "{bad:?}");
         }
         let v6 = required("IPv6");
         assert_eq!(ok(&v6, "2001:DB8:0:0:0:0:0:1"), text("2001:db8::1"));
         assert_eq!(ok(&v6, "::1"), text("::1"));
         assert_eq!(ok(&v6, "192.0.2.1"), text("::ffff:192.0.2.1"));
         for bad in ["fe80::1%eth0", "2001:db8::g", ""] {
-            assert!(
-                refused(&v6, bad).problem().starts_with("not an IPv6"),
-                "{bad:?}"
-            );
+            assert!(refused(&v6, bad).problem().starts_with("not an IPv6"), "{bad:?}");
         }
     }
 
@@ -1973,11 +1773,7 @@ mod tests {
         let spec = declare("type = 'String'\nrequired = true\npattern = '[a-z]+'");
         assert_eq!(ok(&spec, "abc"), text("abc"));
         for bad in ["abc1", "1abc", "", "abc\n", "ab c"] {
-            assert_eq!(
-                refused(&spec, bad).problem(),
-                "must match pattern [a-z]+",
-                "{bad:?}"
-            );
+            assert_eq!(refused(&spec, bad).problem(), "must match pattern [a-z]+", "{bad:?}");
         }
         let alternation = spec_with_pattern("a|b");
         assert_eq!(ok(&alternation, "a"), text("a"));
@@ -1988,9 +1784,7 @@ mod tests {
     }
 
     fn spec_with_pattern(pattern: &str) -> ParamSpec {
-        declare(&format!(
-            "type = 'String'\nrequired = true\npattern = '{pattern}'"
-        ))
+        declare(&format!("type = 'String'\nrequired = true\npattern = '{pattern}'"))
     }
 
     #[test]
@@ -2003,10 +1797,7 @@ mod tests {
     fn allowed_values_form_an_enum() {
         let spec = declare("type = 'String'\ndefault = 'day'\nallowed = ['hour', 'day', 'week']");
         assert_eq!(ok(&spec, "week"), text("week"));
-        assert_eq!(
-            refused(&spec, "month").problem(),
-            "must be one of: hour, day, week"
-        );
+        assert_eq!(refused(&spec, "month").problem(), "must be one of: hour, day, week");
         assert!(query(&spec, &["Day"]).is_err(), "membership is exact");
     }
 
@@ -2016,9 +1807,7 @@ mod tests {
         assert_eq!(ok(&spec, "05"), ParamValue::UInt(5));
         assert_eq!(ok(&spec, "10"), ParamValue::UInt(10));
         assert_eq!(refused(&spec, "2").problem(), "must be one of: 1, 5, 10");
-        let uuid = declare(
-            "type = 'UUID'\nrequired = true\nallowed = ['7C9E6679-7425-40DE-944B-E07FC1F90AE7']",
-        );
+        let uuid = declare("type = 'UUID'\nrequired = true\nallowed = ['7C9E6679-7425-40DE-944B-E07FC1F90AE7']");
         assert_eq!(
             ok(&uuid, "7c9e6679-7425-40de-944b-e07fc1f90ae7"),
             text("7c9e6679-7425-40de-944b-e07fc1f90ae7")
@@ -2050,10 +1839,7 @@ mod tests {
         let decimal = declare("type = 'Decimal(9, 2)'\nrequired = true\nmin = '-1.5'\nmax = 100");
         assert_eq!(ok(&decimal, "-1.50"), text("-1.5"));
         assert_eq!(ok(&decimal, "100.00"), text("100"));
-        assert_eq!(
-            refused(&decimal, "-1.51").problem(),
-            "must be at least -1.5"
-        );
+        assert_eq!(refused(&decimal, "-1.51").problem(), "must be at least -1.5");
         assert_eq!(refused(&decimal, "100.01").problem(), "must be at most 100");
     }
 
@@ -2061,14 +1847,8 @@ mod tests {
     fn min_and_max_bound_dates_given_as_toml_dates_or_strings() {
         let spec = declare("type = 'Date'\nrequired = true\nmin = 2020-01-01\nmax = '2020-12-31'");
         assert_eq!(ok(&spec, "2020-01-01"), text("2020-01-01"));
-        assert_eq!(
-            refused(&spec, "2019-12-31").problem(),
-            "must be at least 2020-01-01"
-        );
-        assert_eq!(
-            refused(&spec, "2021-01-01").problem(),
-            "must be at most 2020-12-31"
-        );
+        assert_eq!(refused(&spec, "2019-12-31").problem(), "must be at least 2020-01-01");
+        assert_eq!(refused(&spec, "2021-01-01").problem(), "must be at most 2020-12-31");
     }
 
     #[test]
@@ -2077,10 +1857,7 @@ mod tests {
             "type = \"DateTime('UTC')\"\nrequired = true\nmin = '2020-01-01 00:00:00'\n\
              max = 2020-12-31T00:00:00Z",
         );
-        assert_eq!(
-            ok(&spec, "2020-01-01 00:00:00"),
-            text("2020-01-01 00:00:00")
-        );
+        assert_eq!(ok(&spec, "2020-01-01 00:00:00"), text("2020-01-01 00:00:00"));
         // 23:00 the day before at -05:00 is 04:00 UTC on the first: inside.
         assert_eq!(ok(&spec, "2019-12-31T23:00:00-05:00"), text("1577851200"));
         assert_eq!(
@@ -2091,12 +1868,8 @@ mod tests {
             refused(&spec, "1609372801").problem(),
             "must be at most 2020-12-31T00:00:00Z"
         );
-        let precise =
-            declare("type = 'DateTime64(3)'\nrequired = true\nmax = '2020-01-01 00:00:00.5'");
-        assert_eq!(
-            ok(&precise, "2020-01-01 00:00:00.5"),
-            text("2020-01-01 00:00:00.5")
-        );
+        let precise = declare("type = 'DateTime64(3)'\nrequired = true\nmax = '2020-01-01 00:00:00.5'");
+        assert_eq!(ok(&precise, "2020-01-01 00:00:00.5"), text("2020-01-01 00:00:00.5"));
         assert!(query(&precise, &["2020-01-01 00:00:00.501"]).is_err());
     }
 
@@ -2121,10 +1894,7 @@ mod tests {
         // In JSON an empty string is a string, not NULL.
         assert!(nullable.parse(RawValue::Json(&json!(""))).is_err());
         let error = json_refused(&required("Date"), Json::Null);
-        assert_eq!(
-            error.problem(),
-            "null is not accepted, because Date is not Nullable"
-        );
+        assert_eq!(error.problem(), "null is not accepted, because Date is not Nullable");
         assert!(error.to_string().contains("got null"));
     }
 
@@ -2133,18 +1903,10 @@ mod tests {
     #[test]
     fn array_items_come_from_repeated_keys_and_commas() {
         let spec = declare("type = 'Array(UInt8)'\ndefault = []");
-        let items = |values: &[u64]| {
-            ParamValue::Array(values.iter().map(|v| ParamValue::UInt(*v)).collect())
-        };
-        assert_eq!(
-            query(&spec, &["1", "2", "3"]).expect("repeated"),
-            items(&[1, 2, 3])
-        );
+        let items = |values: &[u64]| ParamValue::Array(values.iter().map(|v| ParamValue::UInt(*v)).collect());
+        assert_eq!(query(&spec, &["1", "2", "3"]).expect("repeated"), items(&[1, 2, 3]));
         assert_eq!(query(&spec, &["1,2,3"]).expect("joined"), items(&[1, 2, 3]));
-        assert_eq!(
-            query(&spec, &["1,2", "3"]).expect("both"),
-            items(&[1, 2, 3])
-        );
+        assert_eq!(query(&spec, &["1,2", "3"]).expect("both"), items(&[1, 2, 3]));
         assert_eq!(query(&spec, &["7"]).expect("single"), items(&[7]));
         assert_eq!(query(&spec, &[""]).expect("empty"), items(&[]));
     }
@@ -2177,11 +1939,7 @@ mod tests {
              at index 1: month out of range"
         );
         let error = json_refused(&spec, json!(["2026-01-01", 5]));
-        assert!(
-            error
-                .problem()
-                .starts_with("at index 1: a JSON number is not accepted")
-        );
+        assert!(error.problem().starts_with("at index 1: a JSON number is not accepted"));
     }
 
     #[test]
@@ -2219,11 +1977,7 @@ mod tests {
         let spec = declare("type = 'Array(Nullable(Int32))'\ndefault = []");
         assert_eq!(
             query(&spec, &["1,,-3"]).expect("query"),
-            ParamValue::Array(vec![
-                ParamValue::Int(1),
-                ParamValue::Null,
-                ParamValue::Int(-3)
-            ])
+            ParamValue::Array(vec![ParamValue::Int(1), ParamValue::Null, ParamValue::Int(-3)])
         );
         assert_eq!(
             json_ok(&spec, json!([null, 2])),
@@ -2263,21 +2017,12 @@ mod tests {
     #[test]
     fn missing_gives_the_default_null_or_an_error() {
         let with_default = declare("type = 'UInt32'\ndefault = 10");
-        assert_eq!(
-            with_default.missing().expect("default"),
-            ParamValue::UInt(10)
-        );
-        assert_eq!(
-            query(&with_default, &[]).expect("empty list"),
-            ParamValue::UInt(10)
-        );
+        assert_eq!(with_default.missing().expect("default"), ParamValue::UInt(10));
+        assert_eq!(query(&with_default, &[]).expect("empty list"), ParamValue::UInt(10));
         let nullable = declare("type = 'Nullable(UInt32)'");
         assert_eq!(nullable.missing().expect("null"), ParamValue::Null);
         let nullable_default = declare("type = 'Nullable(UInt32)'\ndefault = 3");
-        assert_eq!(
-            nullable_default.missing().expect("default"),
-            ParamValue::UInt(3)
-        );
+        assert_eq!(nullable_default.missing().expect("default"), ParamValue::UInt(3));
         let error = required("UInt32").missing().expect_err("required");
         assert_eq!(
             error.to_string(),
@@ -2297,10 +2042,7 @@ mod tests {
         let error = refused(&spec, &huge);
         let message = error.to_string();
         assert!(message.len() < 300, "{} bytes", message.len());
-        assert!(
-            message.contains(&format!("\"{}\"…", "x".repeat(40))),
-            "{message}"
-        );
+        assert!(message.contains(&format!("\"{}\"…", "x".repeat(40))), "{message}");
         assert_eq!(error.problem(), "longer than 64 characters");
         let error = json_refused(&required("UInt8"), json!(huge));
         assert!(error.to_string().len() < 300);
@@ -2313,16 +2055,9 @@ mod tests {
     fn shortening_counts_characters_and_escapes_control_characters() {
         let long = "é".repeat(50);
         let error = refused(&required("Int8"), &long);
-        assert!(
-            error
-                .to_string()
-                .contains(&format!("\"{}\"…", "é".repeat(40)))
-        );
+        assert!(error.to_string().contains(&format!("\"{}\"…", "é".repeat(40))));
         let error = refused(&required("Int8"), "a\nb\u{1b}[31m");
-        assert!(
-            error.to_string().contains(r#"got "a\nb\u{1b}[31m""#),
-            "{error}"
-        );
+        assert!(error.to_string().contains(r#"got "a\nb\u{1b}[31m""#), "{error}");
         assert!(!error.to_string().contains('\n'));
     }
 
@@ -2392,10 +2127,7 @@ mod tests {
         let when = declare("type = \"DateTime('UTC')\"\ndefault = '2026-01-01 00:00:00'");
         assert_eq!(when.default(), Some(&text("2026-01-01 00:00:00")));
         let list = declare("type = 'Array(String)'\ndefault = ['a,b', 'c']");
-        assert_eq!(
-            list.default(),
-            Some(&ParamValue::Array(vec![text("a,b"), text("c")]))
-        );
+        assert_eq!(list.default(), Some(&ParamValue::Array(vec![text("a,b"), text("c")])));
         let big = declare("type = 'UInt64'\ndefault = '18446744073709551615'");
         assert_eq!(big.default(), Some(&ParamValue::UInt(u64::MAX)));
     }
@@ -2410,25 +2142,17 @@ mod tests {
     #[test]
     fn from_toml_refuses_an_unknown_type_with_the_supported_list() {
         let message = problem("type = 'Int128'\nrequired = true");
-        assert!(
-            message.starts_with("`type`: invalid type `Int128`"),
-            "{message}"
-        );
+        assert!(message.starts_with("`type`: invalid type `Int128`"), "{message}");
         assert!(message.contains("supported types are String"), "{message}");
     }
 
     #[test]
     fn from_toml_refuses_arrays_of_arrays_and_of_decimals() {
         let message = problem("type = 'Array(Array(Int8))'\nrequired = true");
-        assert!(
-            message.contains("arrays of arrays are not supported"),
-            "{message}"
-        );
+        assert!(message.contains("arrays of arrays are not supported"), "{message}");
         let message = problem("type = 'Array(Nullable(Decimal(9, 2)))'\nrequired = true");
         assert!(
-            message.starts_with(
-                "`type` = \"Array(Nullable(Decimal(9, 2)))\": arrays of Decimal cannot be bound"
-            ),
+            message.starts_with("`type` = \"Array(Nullable(Decimal(9, 2)))\": arrays of Decimal cannot be bound"),
             "{message}"
         );
         assert!(message.contains("Array(String)"), "{message}");
@@ -2473,9 +2197,7 @@ mod tests {
             let message = problem(&format!("type = '{ty}'\nrequired = true\nmin = 1"));
             assert_eq!(
                 message,
-                format!(
-                    "`min` applies only to numbers, dates and times, and the type is {ty}; remove it"
-                )
+                format!("`min` applies only to numbers, dates and times, and the type is {ty}; remove it")
             );
         }
         let message = problem("type = 'String'\nrequired = true\nmax = 'z'");
@@ -2492,14 +2214,9 @@ mod tests {
             problem("type = 'UInt8'\nrequired = true\nmax = 300"),
             "`max` 300 is not a valid UInt8: out of range for UInt8 (0..=255)"
         );
-        assert!(
-            problem("type = 'Date'\nrequired = true\nmin = '2026-13-01'")
-                .contains("month out of range")
-        );
+        assert!(problem("type = 'Date'\nrequired = true\nmin = '2026-13-01'").contains("month out of range"));
         assert!(problem("type = 'Int32'\nrequired = true\nmin = 1.5").contains("not an integer"));
-        assert!(
-            problem("type = 'Int32'\nrequired = true\nmin = { a = 1 }").contains("not a table")
-        );
+        assert!(problem("type = 'Int32'\nrequired = true\nmin = { a = 1 }").contains("not a table"));
         assert!(problem("type = 'Float64'\nrequired = true\nmax = nan").contains("finite"));
     }
 
@@ -2518,10 +2235,7 @@ mod tests {
             problem("type = 'UInt8'\nrequired = true\nallowed = [1, 'two', 3]"),
             "`allowed` value \"two\" is not a valid UInt8: not an integer (decimal digits with an optional leading '-')"
         );
-        assert!(
-            problem("type = 'Array(Date)'\ndefault = []\nallowed = ['2026-02-30']")
-                .contains("day out of range")
-        );
+        assert!(problem("type = 'Array(Date)'\ndefault = []\nallowed = ['2026-02-30']").contains("day out of range"));
         assert!(problem("type = 'String'\nrequired = true\nallowed = []").contains("is empty"));
         assert_eq!(
             problems("type = 'Int8'\nrequired = true\nallowed = [1000, 'x']").len(),
@@ -2540,8 +2254,7 @@ mod tests {
 
     #[test]
     fn from_toml_refuses_an_optional_non_nullable_param_without_default() {
-        let problems =
-            ParamSpec::from_toml("limit", table("type = 'UInt32'")).expect_err("needs a default");
+        let problems = ParamSpec::from_toml("limit", table("type = 'UInt32'")).expect_err("needs a default");
         assert_eq!(
             problems,
             ["optional parameter `limit` needs a default or a Nullable type"]
@@ -2570,14 +2283,9 @@ mod tests {
             problem("type = 'UInt8'\ndefault = -1"),
             "default -1 is not a valid UInt8: out of range for UInt8 (0..=255)"
         );
-        assert!(
-            problem("type = 'Date'\ndefault = 'tomorrow'")
-                .starts_with("default \"tomorrow\" is not a valid Date")
-        );
+        assert!(problem("type = 'Date'\ndefault = 'tomorrow'").starts_with("default \"tomorrow\" is not a valid Date"));
         assert!(problem("type = 'Array(UInt8)'\ndefault = 'a'").contains("send a JSON array"));
-        assert!(
-            problem("type = 'UInt8'\ndefault = { a = 1 }").contains("`default` must be a string")
-        );
+        assert!(problem("type = 'UInt8'\ndefault = { a = 1 }").contains("`default` must be a string"));
     }
 
     #[test]
@@ -2594,10 +2302,7 @@ mod tests {
             problem("type = 'Array(String)'\ndefault = []\nmax_len = 1\nexample = ['a', 'b']")
                 .contains("more than 1 items")
         );
-        assert!(
-            problem("type = 'String'\nrequired = true\nexample = { a = 1 }")
-                .contains("`example` must be")
-        );
+        assert!(problem("type = 'String'\nrequired = true\nexample = { a = 1 }").contains("`example` must be"));
     }
 
     #[test]

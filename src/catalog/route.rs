@@ -27,23 +27,16 @@ impl Route {
     pub fn parse(template: &str) -> Result<Self, String> {
         let trimmed = template.trim_matches('/');
         if trimmed.is_empty() {
-            return Err(
-                "the route is empty; give the endpoint a path such as \"v1/top-pages\"".into(),
-            );
+            return Err("the route is empty; give the endpoint a path such as \"v1/top-pages\"".into());
         }
         let parts: Vec<&str> = trimmed.split('/').collect();
         let mut segments = Vec::with_capacity(parts.len());
         for (index, part) in parts.iter().enumerate() {
             let segment = parse_segment(part)?;
-            if let Segment::Param {
-                optional: true,
-                name,
-            } = &segment
+            if let Segment::Param { optional: true, name } = &segment
                 && index + 1 != parts.len()
             {
-                return Err(format!(
-                    "optional route parameter {{{name}?}} must be the last segment"
-                ));
+                return Err(format!("optional route parameter {{{name}?}} must be the last segment"));
             }
             segments.push(segment);
         }
@@ -68,19 +61,13 @@ impl Route {
     /// Matches a request path (already stripped of the route prefix, percent-decoded per
     /// segment by the caller), returning the route parameters' values.
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
-        let parts: Vec<&str> = path
-            .trim_matches('/')
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .collect();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
         let mut values = Vec::new();
         let mut parts_iter = parts.iter();
         for segment in &self.segments {
             match (segment, parts_iter.next()) {
                 (Segment::Literal(literal), Some(part)) if literal.eq_ignore_ascii_case(part) => {}
-                (Segment::Param { name, .. }, Some(part)) => {
-                    values.push((name.clone(), (*part).to_owned()))
-                }
+                (Segment::Param { name, .. }, Some(part)) => values.push((name.clone(), (*part).to_owned())),
                 (Segment::Param { optional: true, .. }, None) => {}
                 _ => return None,
             }
@@ -99,10 +86,7 @@ impl Route {
     fn shapes(&self) -> Vec<&[Segment]> {
         match self.segments.last() {
             Some(Segment::Param { optional: true, .. }) => {
-                vec![
-                    &self.segments[..],
-                    &self.segments[..self.segments.len() - 1],
-                ]
+                vec![&self.segments[..], &self.segments[..self.segments.len() - 1]]
             }
             _ => vec![&self.segments[..]],
         }
@@ -130,19 +114,14 @@ fn parse_segment(part: &str) -> Result<Segment, String> {
             ));
         }
         if !is_identifier(name) {
-            return Err(format!(
-                "route parameter {part} needs a name of letters, digits and _"
-            ));
+            return Err(format!("route parameter {part} needs a name of letters, digits and _"));
         }
         return Ok(Segment::Param {
             name: name.to_owned(),
             optional,
         });
     }
-    if part.is_empty()
-        || part.contains(['{', '}', '?', '#', '%', '*'])
-        || part.chars().any(char::is_whitespace)
-    {
+    if part.is_empty() || part.contains(['{', '}', '?', '#', '%', '*']) || part.chars().any(char::is_whitespace) {
         return Err(format!(
             "route segment {part:?} has characters a URL path cannot carry plainly"
         ));
@@ -181,15 +160,9 @@ mod tests {
         let r = route("items/{id}/{part?}");
         assert_eq!(
             r.matches("items/42/body"),
-            Some(vec![
-                ("id".into(), "42".into()),
-                ("part".into(), "body".into())
-            ])
+            Some(vec![("id".into(), "42".into()), ("part".into(), "body".into())])
         );
-        assert_eq!(
-            r.matches("items/42"),
-            Some(vec![("id".into(), "42".into())])
-        );
+        assert_eq!(r.matches("items/42"), Some(vec![("id".into(), "42".into())]));
         assert_eq!(r.matches("items"), None);
     }
 

@@ -23,6 +23,9 @@ pub struct SqlScan {
     /// 1-based line of a top-level `FORMAT` or `INTO OUTFILE` clause, which would override the
     /// output format the caller asked for.
     pub output_clause: Option<(usize, String)>,
+    /// Every bare word and quoted identifier (`x`, `` `x` ``, `"x"`): a superset of the tables
+    /// the query reads.
+    pub identifiers: std::collections::BTreeSet<String>,
 }
 
 /// Scans `sql`. Unterminated quotes or comments end the scan at the end of the text (the
@@ -34,6 +37,7 @@ pub fn scan(sql: &str) -> SqlScan {
         extra_statements: Vec::new(),
         first_keyword: String::new(),
         output_clause: None,
+        identifiers: std::collections::BTreeSet::new(),
     };
     let mut i = 0;
     let mut after_semicolon = false;
@@ -41,13 +45,17 @@ pub fn scan(sql: &str) -> SqlScan {
     while i < bytes.len() {
         let byte = bytes[i];
         match byte {
-            b'\'' | b'"' | b'`' => i = skip_quoted(bytes, i),
+            b'\'' => i = skip_quoted(bytes, i),
+            b'"' | b'`' => {
+                let end = skip_quoted(bytes, i);
+                let inner = &sql[i + 1..end.saturating_sub(1).max(i + 1)];
+                scan.identifiers.insert(inner.to_owned());
+                i = end;
+            }
             b'-' if bytes.get(i + 1) == Some(&b'-') => i = skip_line(bytes, i),
             b'#' if matches!(bytes.get(i + 1), Some(b' ' | b'!')) => i = skip_line(bytes, i),
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..]
-                    .find("*/")
-                    .map_or(bytes.len(), |end| i + 2 + end + 2);
+                i = sql[i + 2..].find("*/").map_or(bytes.len(), |end| i + 2 + end + 2);
             }
             b';' => {
                 after_semicolon = true;
@@ -74,10 +82,10 @@ pub fn scan(sql: &str) -> SqlScan {
                 }
                 if byte.is_ascii_alphabetic() || byte == b'_' {
                     let start = i;
-                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_')
-                    {
+                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                         i += 1;
                     }
+                    scan.identifiers.insert(sql[start..i].to_owned());
                     let word = sql[start..i].to_ascii_uppercase();
                     if scan.first_keyword.is_empty() {
                         scan.first_keyword.clone_from(&word);
@@ -180,15 +188,13 @@ mod tests {
 
     #[test]
     fn placeholders_are_found_with_their_types_and_positions() {
-        let sql = "SELECT *\nFROM events\nWHERE ts >= {from:DateTime64(3, 'UTC')} AND tenant_id = {caller_tenant:String}";
+        let sql =
+            "SELECT *\nFROM events\nWHERE ts >= {from:DateTime64(3, 'UTC')} AND tenant_id = {caller_tenant:String}";
         let scan = scan(sql);
         assert_eq!(scan.placeholders.len(), 2);
         assert_eq!(scan.placeholders[0].name, "from");
         assert_eq!(scan.placeholders[0].type_text, "DateTime64(3, 'UTC')");
-        assert_eq!(
-            (scan.placeholders[0].line, scan.placeholders[0].column),
-            (3, 13)
-        );
+        assert_eq!((scan.placeholders[0].line, scan.placeholders[0].column), (3, 13));
         assert_eq!(scan.placeholders[1].type_text, "String");
         assert_eq!(scan.first_keyword, "SELECT");
         assert!(scan.extra_statements.is_empty());
@@ -196,7 +202,8 @@ mod tests {
 
     #[test]
     fn text_inside_quotes_and_comments_is_not_syntax() {
-        let sql = "SELECT '{a:String}', \"{b:UInt8}\" -- {c:Int8}; SELECT 2\n/* {d:Date}; */ # {e:UUID}\n#! {f:UUID}\nFROM t";
+        let sql =
+            "SELECT '{a:String}', \"{b:UInt8}\" -- {c:Int8}; SELECT 2\n/* {d:Date}; */ # {e:UUID}\n#! {f:UUID}\nFROM t";
         let scan = scan(sql);
         assert!(scan.placeholders.is_empty(), "{:?}", scan.placeholders);
         assert!(scan.extra_statements.is_empty());
@@ -207,11 +214,7 @@ mod tests {
     fn a_second_statement_is_reported_with_its_line() {
         let scan = scan("SELECT 1;\nDROP TABLE events");
         assert_eq!(scan.extra_statements, vec![2]);
-        assert!(
-            super::scan("SELECT 1;\n  -- trailing\n")
-                .extra_statements
-                .is_empty()
-        );
+        assert!(super::scan("SELECT 1;\n  -- trailing\n").extra_statements.is_empty());
     }
 
     #[test]
@@ -235,18 +238,24 @@ mod tests {
             scan("SELECT 1 INTO OUTFILE 'x'").output_clause,
             Some((1, "INTO OUTFILE".to_owned()))
         );
-        assert_eq!(
-            scan("SELECT formatDateTime(now(), '%F')").output_clause,
-            None
+        assert_eq!(scan("SELECT formatDateTime(now(), '%F')").output_clause, None);
+    }
+
+    #[test]
+    fn identifiers_include_quoted_and_qualified_names() {
+        let scan = scan("SELECT count() FROM default.`events` AS e JOIN \"users\" USING (id) WHERE x = 'logs'");
+        for name in ["default", "events", "users", "e", "id"] {
+            assert!(scan.identifiers.contains(name), "{name}: {:?}", scan.identifiers);
+        }
+        assert!(
+            !scan.identifiers.contains("logs"),
+            "string literals are not identifiers"
         );
     }
 
     #[test]
     fn the_first_keyword_is_upper_cased() {
-        assert_eq!(
-            scan("  with x AS (SELECT 1) SELECT * FROM x").first_keyword,
-            "WITH"
-        );
+        assert_eq!(scan("  with x AS (SELECT 1) SELECT * FROM x").first_keyword, "WITH");
         assert_eq!(scan("(SELECT 1)").first_keyword, "(");
         assert_eq!(scan("insert into t values (1)").first_keyword, "INSERT");
     }

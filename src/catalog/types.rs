@@ -208,31 +208,20 @@ impl<'a> Parser<'a> {
     /// A small unsigned integer argument, such as a precision.
     fn number(&mut self, what: &str) -> Result<u8, String> {
         self.skip_whitespace();
-        let len = self
-            .rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(self.rest.len());
+        let len = self.rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(self.rest.len());
         let (digits, rest) = self.rest.split_at(len);
         if digits.is_empty() {
-            return Err(format!(
-                "expected the {what} (a number), found {}",
-                self.found()
-            ));
+            return Err(format!("expected the {what} (a number), found {}", self.found()));
         }
         self.rest = rest;
-        digits
-            .parse()
-            .map_err(|_| format!("{what} {digits} is too large"))
+        digits.parse().map_err(|_| format!("{what} {digits} is too large"))
     }
 
     /// A single-quoted time zone name. The name is kept verbatim, but only characters that
     /// appear in IANA zone names are allowed, since the type is spelled into SQL placeholders.
     fn timezone(&mut self) -> Result<String, String> {
         self.expect('\'', "before the time zone")?;
-        let len = self
-            .rest
-            .find('\'')
-            .ok_or("unterminated time zone string")?;
+        let len = self.rest.find('\'').ok_or("unterminated time zone string")?;
         let (zone, rest) = self.rest.split_at(len);
         let valid = |c: char| c.is_ascii_alphanumeric() || "_/+-:.".contains(c);
         if zone.is_empty() || !zone.chars().all(valid) {
@@ -287,16 +276,9 @@ impl<'a> Parser<'a> {
         if precision > 9 {
             return Err(format!("DateTime64 precision {precision} is not in 0..=9"));
         }
-        let timezone = if self.eat(',') {
-            Some(self.timezone()?)
-        } else {
-            None
-        };
+        let timezone = if self.eat(',') { Some(self.timezone()?) } else { None };
         self.expect(')', "after the DateTime64 arguments")?;
-        Ok(ParamType::DateTime64 {
-            precision,
-            timezone,
-        })
+        Ok(ParamType::DateTime64 { precision, timezone })
     }
 
     /// `Decimal(P, S)`, or `Decimal(P)` meaning a scale of 0 as in ClickHouse.
@@ -347,9 +329,7 @@ impl<'a> Parser<'a> {
             ParamType::Array(_) => Err("Nullable(Array(..)) is not allowed by ClickHouse; \
                  use Array(Nullable(..)) or an empty array"
                 .to_owned()),
-            ParamType::Nullable(_) => {
-                Err("Nullable(Nullable(..)) is not allowed by ClickHouse".to_owned())
-            }
+            ParamType::Nullable(_) => Err("Nullable(Nullable(..)) is not allowed by ClickHouse".to_owned()),
             inner => Ok(ParamType::Nullable(Box::new(inner))),
         }
     }
@@ -396,9 +376,7 @@ impl fmt::Display for ParamType {
             ParamType::Bool => f.write_str("Bool"),
             ParamType::Date => f.write_str("Date"),
             ParamType::DateTime { timezone: None } => f.write_str("DateTime"),
-            ParamType::DateTime {
-                timezone: Some(zone),
-            } => write!(f, "DateTime('{zone}')"),
+            ParamType::DateTime { timezone: Some(zone) } => write!(f, "DateTime('{zone}')"),
             ParamType::DateTime64 {
                 precision,
                 timezone: None,
@@ -421,8 +399,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> ParamType {
-        text.parse()
-            .unwrap_or_else(|e| panic!("{text:?} should parse: {e}"))
+        text.parse().unwrap_or_else(|e| panic!("{text:?} should parse: {e}"))
     }
 
     fn refuse(text: &str) -> String {
@@ -435,17 +412,8 @@ mod tests {
     #[test]
     fn every_integer_width_parses_signed_and_unsigned() {
         for bits in [8, 16, 32, 64] {
-            assert_eq!(
-                parse(&format!("Int{bits}")),
-                ParamType::Int { bits, signed: true }
-            );
-            assert_eq!(
-                parse(&format!("UInt{bits}")),
-                ParamType::Int {
-                    bits,
-                    signed: false
-                }
-            );
+            assert_eq!(parse(&format!("Int{bits}")), ParamType::Int { bits, signed: true });
+            assert_eq!(parse(&format!("UInt{bits}")), ParamType::Int { bits, signed: false });
         }
     }
 
@@ -488,13 +456,7 @@ mod tests {
                 scale: 2
             }
         );
-        assert_eq!(
-            parse("Decimal(5)"),
-            ParamType::Decimal {
-                precision: 5,
-                scale: 0
-            }
-        );
+        assert_eq!(parse("Decimal(5)"), ParamType::Decimal { precision: 5, scale: 0 });
         assert_eq!(parse("Decimal32(4)"), parse("Decimal(9, 4)"));
         assert_eq!(parse("Decimal64(18)"), parse("Decimal(18,18)"));
         assert_eq!(parse("Decimal128(0)"), parse("Decimal(38, 0)"));
@@ -542,14 +504,8 @@ mod tests {
 
     #[test]
     fn whitespace_between_tokens_is_tolerated() {
-        assert_eq!(
-            parse("DateTime64(3,'UTC')"),
-            parse("  DateTime64( 3 , 'UTC' )  ")
-        );
-        assert_eq!(
-            parse("Array( Nullable ( String ) )"),
-            parse("Array(Nullable(String))")
-        );
+        assert_eq!(parse("DateTime64(3,'UTC')"), parse("  DateTime64( 3 , 'UTC' )  "));
+        assert_eq!(parse("Array( Nullable ( String ) )"), parse("Array(Nullable(String))"));
         assert_eq!(parse("Decimal( 18 ,2 )"), parse("Decimal(18, 2)"));
         assert_eq!(parse("DateTime ( 'UTC' )"), parse("DateTime('UTC')"));
     }
@@ -578,10 +534,7 @@ mod tests {
             parse("Array(Nullable(String))"),
             ParamType::Array(Box::new(ParamType::Nullable(Box::new(ParamType::String))))
         );
-        assert_eq!(
-            parse("Array(Array(UInt8))").to_string(),
-            "Array(Array(UInt8))"
-        );
+        assert_eq!(parse("Array(Array(UInt8))").to_string(), "Array(Array(UInt8))");
         assert_eq!(
             parse("Nullable(DateTime64(3, 'UTC'))").to_string(),
             "Nullable(DateTime64(3, 'UTC'))"
@@ -591,9 +544,7 @@ mod tests {
     #[test]
     fn nullable_array_and_nullable_nullable_are_refused() {
         assert!(refuse("Nullable(Array(String))").contains("Nullable(Array(..)) is not allowed"));
-        assert!(
-            refuse("Nullable(Nullable(String))").contains("Nullable(Nullable(..)) is not allowed")
-        );
+        assert!(refuse("Nullable(Nullable(String))").contains("Nullable(Nullable(..)) is not allowed"));
         assert!(refuse("Array(Nullable(Array(Int8)))").contains("Nullable(Array(..))"));
     }
 

@@ -42,11 +42,7 @@ struct HostHttpRequest {
 impl HostHttpRequest {
     /// A header's first value (the host sends each as a list; header names are case-blind).
     fn header(&self, name: &str) -> Option<String> {
-        let value = self
-            .headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))?
-            .1;
+        let value = self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name))?.1;
         match value {
             Value::Array(values) => values.first().and_then(Value::as_str).map(str::to_owned),
             Value::String(text) => Some(text.clone()),
@@ -63,8 +59,7 @@ pub async fn invoke_function(
     state: Data<AppState>,
 ) -> HttpResponse {
     let Some(endpoint) = state.catalog.by_function_name(&function) else {
-        return HttpResponse::NotFound()
-            .json(json!({"error": format!("no function named {:?}", function.as_str())}));
+        return HttpResponse::NotFound().json(json!({"error": format!("no function named {:?}", function.as_str())}));
     };
     let host_request: HostHttpRequest = payload
         .into_inner()
@@ -93,6 +88,7 @@ pub async fn invoke_function(
                 content_type: host_request.header("content-type"),
                 body: body_bytes(host_request.body.as_ref()),
                 accept: host_request.header("accept"),
+                authorization: host_request.header("authorization"),
             };
             run_whole(&state, query_request, &request_id).await
         }
@@ -129,9 +125,7 @@ async fn run_whole(
     let endpoint = request.endpoint;
     let started = start_query(state, request, request_id, max_bytes.saturating_add(1)).await?;
     if started.rest.is_some() {
-        return Err(ApiError::ResultTooLarge(format!(
-            "more than {max_bytes} bytes"
-        )));
+        return Err(ApiError::ResultTooLarge(format!("more than {max_bytes} bytes")));
     }
     if !started.format.is_text() {
         return Err(ApiError::NotAcceptable(format!(

@@ -10,13 +10,7 @@ pub fn choose_format(
     accept: Option<&str>,
 ) -> Result<OutputFormat, String> {
     let offered = endpoint.formats();
-    let list = || {
-        offered
-            .iter()
-            .map(|f| f.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = || offered.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ");
     if let Some(name) = format_param {
         return match name.parse::<OutputFormat>() {
             Ok(format) if offered.contains(&format) => Ok(format),

@@ -7,6 +7,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, HttpResponseBuilder};
 use serde_json::json;
 
+use crate::access::{AccessError, TokenError};
 use crate::catalog::Method;
 use crate::query::{BindError, QueryError};
 
@@ -23,23 +24,18 @@ pub enum ApiError {
     #[error("no endpoint at {0}")]
     NotFound(String),
     #[error("{method} is not allowed here; allowed: {}", allowed_list(.allowed))]
-    MethodNotAllowed {
-        method: String,
-        allowed: Vec<Method>,
-    },
+    MethodNotAllowed { method: String, allowed: Vec<Method> },
     #[error("{0}")]
     NotAcceptable(String),
-    #[error(
-        "this endpoint needs the caller's verified identity, and no token verification is configured"
-    )]
-    Unauthenticated,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
     #[error("another request with id {0} is running; send a unique X-Request-Id")]
     DuplicateRequestId(String),
     #[error("the result is larger than this endpoint allows ({0}); narrow the request")]
     ResultTooLarge(String),
-    #[error(
-        "ClickHouse rejected a parameter value ({0}); check the values against the endpoint's documentation"
-    )]
+    #[error("ClickHouse rejected a parameter value ({0}); check the values against the endpoint's documentation")]
     ParamRejected(String),
     #[error("the query did not finish within the endpoint's time limit")]
     Timeout,
@@ -52,11 +48,7 @@ pub enum ApiError {
 }
 
 fn allowed_list(methods: &[Method]) -> String {
-    methods
-        .iter()
-        .map(|m| m.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 impl ApiError {
@@ -72,7 +64,11 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
-            Self::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Self::Token(TokenError::Missing) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Self::Token(TokenError::KeysUnavailable) => (StatusCode::SERVICE_UNAVAILABLE, "issuer_unavailable"),
+            Self::Token(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Self::Access(AccessError::RoleNotAllowed { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Access(AccessError::NoTenant) => (StatusCode::FORBIDDEN, "tenant_required"),
             Self::DuplicateRequestId(_) => (StatusCode::CONFLICT, "duplicate_request_id"),
             Self::ResultTooLarge(_) => (StatusCode::UNPROCESSABLE_ENTITY, "result_too_large"),
             Self::ParamRejected(_) => (StatusCode::BAD_REQUEST, "param_rejected"),
@@ -91,9 +87,7 @@ impl ApiError {
                 // TOO_MANY_ROWS_OR_BYTES and the read-side TOO_MANY_ROWS / TOO_MANY_BYTES.
                 396 | 158 | 307 => Self::ResultTooLarge(name.clone()),
                 // BAD_QUERY_PARAMETER and the parse failures of a parameter's text.
-                457 | 6 | 27 | 38 | 41 | 69 | 70 | 72 | 321 | 376 => {
-                    Self::ParamRejected(name.clone())
-                }
+                457 | 6 | 27 | 38 | 41 | 69 | 70 | 72 | 321 | 376 => Self::ParamRejected(name.clone()),
                 216 => Self::DuplicateRequestId(request_id.to_owned()),
                 // Overload and credentials (for example during a password rotation): transient.
                 202 | 203 | 209 | 210 | 241 | 242 | 439 | 516 => Self::Unavailable,
@@ -114,6 +108,19 @@ impl ApiError {
             && let Ok(value) = HeaderValue::from_str(&allowed_list(allowed))
         {
             response.insert_header((header::ALLOW, value));
+        }
+        // RFC 6750: a 401 says how to authenticate, and why the token failed when one was sent.
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = match self {
+                Self::Token(TokenError::Missing) => r#"Bearer realm="chgate""#.to_owned(),
+                other => format!(
+                    r#"Bearer realm="chgate", error="invalid_token", error_description="{}""#,
+                    other.to_string().replace(['"', '\\'], "'")
+                ),
+            };
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response.insert_header((header::WWW_AUTHENTICATE, value));
+            }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()));

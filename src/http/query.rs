@@ -11,6 +11,7 @@ use futures_util::stream;
 use super::negotiate::choose_format;
 use super::problem::ApiError;
 use super::request_id::request_id;
+use crate::access::{AccessPolicy, Caller, TokenError, TokenVerifier};
 use crate::catalog::format::OutputFormat;
 use crate::catalog::{Catalog, Endpoint, Method, RouteMatch};
 use crate::query::{QueryRunner, RequestValues, ResultStream, bind};
@@ -19,6 +20,8 @@ use crate::query::{QueryRunner, RequestValues, ResultStream, bind};
 #[derive(Debug)]
 pub struct AppState {
     pub catalog: Catalog,
+    pub policy: AccessPolicy,
+    pub verifier: TokenVerifier,
     pub runner: QueryRunner,
     /// Result bytes held back before the status is committed (see ARCHITECTURE.md, "No error
     /// behind a 200").
@@ -35,6 +38,8 @@ pub struct QueryRequest<'a> {
     pub content_type: Option<String>,
     pub body: Bytes,
     pub accept: Option<String>,
+    /// The `Authorization` header (only a Bearer token there counts; never the query string).
+    pub authorization: Option<String>,
 }
 
 /// A query that has started answering.
@@ -54,18 +59,27 @@ pub async fn start_query(
     buffer_limit: usize,
 ) -> Result<Started, ApiError> {
     let endpoint = request.endpoint;
+    // Who is calling comes first: a caller without a valid token learns nothing else.
+    let token = bearer_token(request.authorization.as_deref()).ok_or(TokenError::Missing)?;
+    let claims = state.verifier.verify(token).await?;
+    let caller = Caller::from_claims(&claims, &state.policy);
+    let grant = caller.grant(endpoint)?;
     let format_param = take_format(&mut request.query_pairs)?;
-    let format = choose_format(endpoint, format_param.as_deref(), request.accept.as_deref())
-        .map_err(ApiError::NotAcceptable)?;
+    let format =
+        choose_format(endpoint, format_param.as_deref(), request.accept.as_deref()).map_err(ApiError::NotAcceptable)?;
     let values = request_values(&request)?;
     let params = bind(endpoint, &request.route_params, &values)?;
-    if !endpoint.caller_params().is_empty() {
-        // Reserved caller parameters come only from a verified identity.
-        return Err(ApiError::Unauthenticated);
-    }
+    tracing::info!(
+        endpoint.name = endpoint.name(),
+        request.id = request_id,
+        caller.role = %grant.role().name,
+        caller.tenant = grant.tenant().unwrap_or(""),
+        caller.subject_hash = %crate::access::caller::subject_hash(grant.subject()),
+        "running query"
+    );
     let mut stream = state
         .runner
-        .start(endpoint, &params, format, request_id)
+        .start(&grant, &params, format, request_id)
         .map_err(|error| query_failure(&error, endpoint, request_id))?;
     let mut head = Vec::new();
     let mut held = 0usize;
@@ -92,15 +106,18 @@ pub async fn start_query(
     })
 }
 
-fn query_failure(
-    error: &crate::query::QueryError,
-    endpoint: &Endpoint,
-    request_id: &str,
-) -> ApiError {
+fn query_failure(error: &crate::query::QueryError, endpoint: &Endpoint, request_id: &str) -> ApiError {
     let api_error = ApiError::from_query(error, request_id);
     // Logged once, here, with the full cause: the response says only what the caller may see.
     tracing::warn!(endpoint.name = endpoint.name(), request.id = request_id, error = %error, code = api_error.status_and_code().1, "query failed");
     api_error
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Removes `format` from the query-string pairs.
@@ -128,8 +145,7 @@ fn request_values(request: &QueryRequest<'_>) -> Result<RequestValues, ApiError>
         Method::Get => {
             if !request.body.is_empty() {
                 return Err(ApiError::InvalidBody(
-                    "a GET request has no body; send parameters in the query string or use POST"
-                        .into(),
+                    "a GET request has no body; send parameters in the query string or use POST".into(),
                 ));
             }
             Ok(RequestValues::Query(request.query_pairs.clone()))
@@ -145,12 +161,7 @@ fn request_values(request: &QueryRequest<'_>) -> Result<RequestValues, ApiError>
                 return Ok(RequestValues::Json(serde_json::Map::new()));
             }
             let is_json = request.content_type.as_deref().is_none_or(|ct| {
-                let media = ct
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
+                let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
                 media == "application/json" || media.ends_with("+json")
             });
             if !is_json {
@@ -163,9 +174,7 @@ fn request_values(request: &QueryRequest<'_>) -> Result<RequestValues, ApiError>
                 Ok(_) => Err(ApiError::InvalidBody(
                     "the body must be a JSON object of parameter values".into(),
                 )),
-                Err(error) => Err(ApiError::InvalidBody(format!(
-                    "the body is not valid JSON: {error}"
-                ))),
+                Err(error) => Err(ApiError::InvalidBody(format!("the body is not valid JSON: {error}"))),
             }
         }
     }
@@ -195,10 +204,7 @@ pub async fn run_query(request: HttpRequest, body: Bytes, state: Data<AppState>)
         _ => None,
     };
     let (endpoint, route_params) = match method.map(|m| state.catalog.match_route(route_path, m)) {
-        Some(RouteMatch::Found {
-            endpoint,
-            route_params,
-        }) => (endpoint, route_params),
+        Some(RouteMatch::Found { endpoint, route_params }) => (endpoint, route_params),
         Some(RouteMatch::MethodNotAllowed(allowed)) => {
             return ApiError::MethodNotAllowed {
                 method: request.method().to_string(),
@@ -214,14 +220,10 @@ pub async fn run_query(request: HttpRequest, body: Bytes, state: Data<AppState>)
             return match state.catalog.match_route(route_path, Method::Get) {
                 RouteMatch::NotFound => match state.catalog.match_route(route_path, Method::Post) {
                     RouteMatch::NotFound => ApiError::NotFound(request.path().to_owned()),
-                    RouteMatch::Found { endpoint, .. } => {
-                        method_not_allowed(&request, endpoint.methods().to_vec())
-                    }
+                    RouteMatch::Found { endpoint, .. } => method_not_allowed(&request, endpoint.methods().to_vec()),
                     RouteMatch::MethodNotAllowed(allowed) => method_not_allowed(&request, allowed),
                 },
-                RouteMatch::Found { endpoint, .. } => {
-                    method_not_allowed(&request, endpoint.methods().to_vec())
-                }
+                RouteMatch::Found { endpoint, .. } => method_not_allowed(&request, endpoint.methods().to_vec()),
                 RouteMatch::MethodNotAllowed(allowed) => method_not_allowed(&request, allowed),
             }
             .to_response(&request_id);
@@ -235,15 +237,9 @@ pub async fn run_query(request: HttpRequest, body: Bytes, state: Data<AppState>)
         content_type: header_text(&request, header::CONTENT_TYPE.as_str()),
         body,
         accept: header_text(&request, header::ACCEPT.as_str()),
+        authorization: header_text(&request, header::AUTHORIZATION.as_str()),
     };
-    match start_query(
-        &state,
-        query_request,
-        &request_id,
-        state.response_buffer_bytes,
-    )
-    .await
-    {
+    match start_query(&state, query_request, &request_id, state.response_buffer_bytes).await {
         Ok(started) => stream_response(started, request_id, endpoint.name().to_owned()),
         Err(error) => error.to_response(&request_id),
     }
@@ -310,9 +306,7 @@ fn stream_response(started: Started, request_id: String, endpoint_name: String) 
                     // is the signal every HTTP client reports as a failed transfer.
                     tracing::error!(endpoint.name = %endpoint_name, request.id = %request_id, error = %error, "query failed after the response started; aborting the body");
                     Some((
-                        Err(actix_web::error::ErrorInternalServerError(
-                            "result stream failed",
-                        )),
+                        Err(actix_web::error::ErrorInternalServerError("result stream failed")),
                         None,
                     ))
                 }

@@ -30,11 +30,7 @@ pub fn from_headers(header: impl Fn(&str) -> Option<String>) -> String {
 }
 
 fn is_sane(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 /// `00-<trace id>-<parent id>-<flags>` → `<trace id>-<parent id>`: unique per hop, while the
@@ -45,8 +41,7 @@ fn from_traceparent(value: &str) -> Option<String> {
         return None;
     };
     let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(trace, 32) && hex(parent, 16) && trace.bytes().any(|b| b != b'0'))
-        .then(|| format!("{trace}-{parent}"))
+    (hex(trace, 32) && hex(parent, 16) && trace.bytes().any(|b| b != b'0')).then(|| format!("{trace}-{parent}"))
 }
 
 #[cfg(test)]
@@ -75,10 +70,7 @@ mod tests {
     #[test]
     fn traceparent_gives_trace_and_parent_ids() {
         let request = TestRequest::default()
-            .insert_header((
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            ))
+            .insert_header(("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
             .to_http_request();
         assert_eq!(
             request_id(&request),

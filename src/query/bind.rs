@@ -22,9 +22,7 @@ pub struct BoundParams {
 
 impl BoundParams {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ParamValue)> {
-        self.values
-            .iter()
-            .map(|(name, value)| (name.as_str(), value))
+        self.values.iter().map(|(name, value)| (name.as_str(), value))
     }
 }
 
@@ -47,10 +45,7 @@ impl BindError {
     /// The parameter the error is about.
     pub fn param(&self) -> &str {
         match self {
-            Self::Unknown { name, .. }
-            | Self::Reserved(name)
-            | Self::InPath(name)
-            | Self::Missing(name) => name,
+            Self::Unknown { name, .. } | Self::Reserved(name) | Self::InPath(name) | Self::Missing(name) => name,
             Self::Invalid(error) => error.param(),
         }
     }

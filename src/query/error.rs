@@ -5,11 +5,7 @@
 pub enum QueryError {
     /// ClickHouse answered with an exception.
     #[error("clickhouse exception {code} ({name})")]
-    Exception {
-        code: u32,
-        name: String,
-        message: String,
-    },
+    Exception { code: u32, name: String, message: String },
     /// ClickHouse could not be reached, or the connection broke.
     #[error("clickhouse unreachable: {0}")]
     Unavailable(String),
@@ -46,9 +42,7 @@ fn parse_exception(text: &str) -> Option<QueryError> {
     let rest = &text[start..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     let code = digits.parse().ok()?;
-    let message = rest
-        .split_once("DB::Exception: ")
-        .map_or(rest, |(_, message)| message);
+    let message = rest.split_once("DB::Exception: ").map_or(rest, |(_, message)| message);
     let message = message.split(" (version ").next().unwrap_or(message).trim();
     let (message, name) = match message.rfind(" (") {
         Some(open) if message.ends_with(')') => {
@@ -82,11 +76,7 @@ mod tests {
         )
         .expect("parsed");
         match error {
-            QueryError::Exception {
-                code,
-                name,
-                message,
-            } => {
+            QueryError::Exception { code, name, message } => {
                 assert_eq!(code, 60);
                 assert_eq!(name, "UNKNOWN_TABLE");
                 assert_eq!(message, "Unknown table expression identifier 'x'.");

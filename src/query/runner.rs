@@ -5,9 +5,14 @@ use bytes::Bytes;
 use clickhouse::Client;
 use clickhouse::query::BytesCursor;
 
+use std::collections::HashMap;
+
+use serde_json::json;
+
 use super::bind::BoundParams;
 use super::error::QueryError;
-use crate::catalog::Endpoint;
+use crate::access::caller::subject_hash;
+use crate::access::{AccessPolicy, Grant};
 use crate::catalog::format::OutputFormat;
 use crate::settings::ClickHouseSettings;
 
@@ -15,6 +20,8 @@ use crate::settings::ClickHouseSettings;
 #[derive(Clone)]
 pub struct QueryRunner {
     client: Client,
+    /// Clients of roles that have a ClickHouse user of their own, so ClickHouse's grants apply.
+    role_clients: HashMap<String, Client>,
 }
 
 impl std::fmt::Debug for QueryRunner {
@@ -43,44 +50,87 @@ impl ResultStream {
 }
 
 impl QueryRunner {
-    pub fn new(settings: &ClickHouseSettings) -> Self {
-        let client = Client::default()
-            .with_url(&settings.url)
-            .with_user(&settings.user)
-            .with_password(&settings.password)
-            .with_database(&settings.database);
-        Self { client }
+    pub fn new(settings: &ClickHouseSettings, policy: &AccessPolicy) -> Self {
+        let client = |user: &str, password: &str| {
+            Client::default()
+                .with_url(&settings.url)
+                .with_user(user)
+                .with_password(password)
+                .with_database(&settings.database)
+        };
+        let role_clients = policy
+            .roles()
+            .filter_map(|role| {
+                let (user, password) = role.clickhouse_user.as_ref()?;
+                Some((role.name.clone(), client(user, password)))
+            })
+            .collect();
+        Self {
+            client: client(&settings.user, &settings.password),
+            role_clients,
+        }
     }
 
-    /// Sends the endpoint's query. `query_id` names it in ClickHouse's logs and processes.
+    /// Sends the granted endpoint's query. `query_id` names it in ClickHouse's logs and
+    /// processes; `log_comment` and `quota_key` carry who ran it (never a token).
     pub fn start(
         &self,
-        endpoint: &Endpoint,
+        grant: &Grant<'_>,
         params: &BoundParams,
         format: OutputFormat,
         query_id: &str,
     ) -> Result<ResultStream, QueryError> {
+        let endpoint = grant.endpoint();
+        let role = grant.role();
         let limits = endpoint.limits();
+        // The role's limits tighten the endpoint's, never loosen them.
+        let tighter = |own: u64, role: Option<u64>| role.map_or(own, |r| r.min(own));
+        let max_execution_time = tighter(
+            limits.max_execution_time.as_secs(),
+            role.max_execution_time.map(|t| t.as_secs()),
+        );
+        let log_comment = json!({
+            "endpoint": endpoint.name(),
+            "role": role.name,
+            "tenant": grant.tenant(),
+            "subject": subject_hash(grant.subject()),
+        });
+        let client = self.role_clients.get(&role.name).unwrap_or(&self.client);
         // query_raw: the SQL is sent as written (no client-side `?` binding); values travel
         // only as typed parameters.
-        let mut query = self
-            .client
+        let mut query = client
             .query_raw(endpoint.sql())
             .with_setting("query_id", query_id)
+            .with_setting("log_comment", log_comment.to_string())
             // 2, not 1: read-only, while still letting this request carry its own limits.
             .with_setting("readonly", "2")
-            .with_setting(
-                "max_execution_time",
-                limits.max_execution_time.as_secs().to_string(),
-            )
+            .with_setting("max_execution_time", max_execution_time.to_string())
             .with_setting("timeout_overflow_mode", "throw")
-            .with_setting("max_result_rows", limits.max_rows.to_string())
-            .with_setting("max_result_bytes", limits.max_bytes.to_string())
+            .with_setting(
+                "max_result_rows",
+                tighter(limits.max_rows, role.max_result_rows).to_string(),
+            )
+            .with_setting(
+                "max_result_bytes",
+                tighter(limits.max_bytes, role.max_result_bytes).to_string(),
+            )
             .with_setting("result_overflow_mode", "throw")
             // The API's JSON must not change with the server's version: 64-bit integers are
             // numbers (ClickHouse's default from 25.x on; older servers quoted them).
             .with_setting("output_format_json_quote_64bit_integers", "0");
+        if let Some(tenant) = grant.tenant() {
+            query = query.with_setting("quota_key", tenant);
+        }
+        if let Some(memory) = role.max_memory_usage {
+            query = query.with_setting("max_memory_usage", memory.to_string());
+        }
+        if let Some(priority) = role.priority {
+            query = query.with_setting("priority", priority.to_string());
+        }
         for (name, value) in params.iter() {
+            query = query.param(name, value);
+        }
+        for (name, value) in grant.caller_params() {
             query = query.param(name, value);
         }
         let cursor = query.fetch_bytes(format.clickhouse_format())?;

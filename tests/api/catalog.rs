@@ -4,10 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
-use chgate::catalog::Catalog;
+use chgate::access::AccessPolicy;
+use chgate::catalog::{AccessRules, Catalog};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// What the fixture access policy requires of endpoints.
+fn rules() -> AccessRules {
+    AccessPolicy::load(&fixtures().join("access.toml"), &|_| None, false)
+        .expect("fixture policy")
+        .catalog_rules()
 }
 
 #[test]
@@ -27,7 +35,7 @@ fn every_invalid_endpoint_fixture_is_refused_with_its_expected_message() {
     );
     let mut mismatches = Vec::new();
     for case in &cases {
-        let error = match Catalog::load(case, "api") {
+        let error = match Catalog::load(case, "api", &rules()) {
             Ok(_) => {
                 mismatches.push(format!("{}: loaded, but must be refused", case.display()));
                 continue;
@@ -55,12 +63,21 @@ fn every_invalid_endpoint_fixture_is_refused_with_its_expected_message() {
 fn the_shipped_functions_folder_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let prefix = chgate::startup::route_prefix(&root.join("host.json")).expect("host.json");
-    let catalog = Catalog::load(&root.join("functions"), &prefix).unwrap_or_else(|e| panic!("{e}"));
+    let policy = AccessPolicy::load(&root.join("access.toml"), &|_| None, false).expect("access.toml");
+    let catalog =
+        Catalog::load(&root.join("functions"), &prefix, &policy.catalog_rules()).unwrap_or_else(|e| panic!("{e}"));
     let mut names: Vec<&str> = catalog.endpoints().iter().map(|e| e.name()).collect();
     names.sort();
     assert_eq!(
         names,
-        ["breakdown", "export_events", "kpi", "top_pages", "traffic"]
+        [
+            "breakdown",
+            "export_events",
+            "kpi",
+            "tenants_overview",
+            "top_pages",
+            "traffic"
+        ]
     );
     for endpoint in catalog.endpoints() {
         assert!(!endpoint.description().is_empty());
@@ -83,8 +100,7 @@ fn the_shipped_functions_folder_loads() {
 
 #[test]
 fn the_fixture_catalog_loads_and_skips_non_http_functions() {
-    let catalog =
-        Catalog::load(&fixtures().join("endpoints"), "api").unwrap_or_else(|e| panic!("{e}"));
+    let catalog = Catalog::load(&fixtures().join("endpoints"), "api", &rules()).unwrap_or_else(|e| panic!("{e}"));
     assert!(catalog.by_function_name("echo").is_some());
     assert!(
         catalog.by_function_name("queue_worker").is_none(),
@@ -100,24 +116,19 @@ fn handler_check_exits_non_zero_on_a_broken_catalog_and_zero_on_a_good_one() {
         .arg(fixtures().join("invalid_endpoints/two_statements"))
         .arg("--host-json")
         .arg(fixtures().join("host.json"))
+        .arg("--access-policy")
+        .arg(fixtures().join("access.toml"))
         .output()
         .expect("running handler check");
     assert!(!broken.status.success());
     let stderr = String::from_utf8_lossy(&broken.stderr);
-    assert!(
-        stderr.contains("ep/query.sql:2: a second SQL statement"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("ep/query.sql:2: a second SQL statement"), "{stderr}");
 
     let good = std::process::Command::new(handler)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["check", "functions"])
         .output()
         .expect("running handler check");
-    assert!(
-        good.status.success(),
-        "{}",
-        String::from_utf8_lossy(&good.stderr)
-    );
-    assert!(String::from_utf8_lossy(&good.stdout).contains("5 endpoint(s), no problems"));
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert!(String::from_utf8_lossy(&good.stdout).contains("6 endpoint(s), no problems"));
 }

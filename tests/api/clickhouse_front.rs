@@ -53,14 +53,8 @@ async fn string_parameters_arrive_byte_for_byte() {
 #[tokio::test]
 async fn integer_parameters_keep_their_bounds_and_types() {
     let db = TestDatabase::create().await;
-    assert_eq!(
-        round_trip::<i8>(&db, "Int8", i8::MIN).await,
-        (i8::MIN, "Int8".into())
-    );
-    assert_eq!(
-        round_trip::<i8>(&db, "Int8", i8::MAX).await,
-        (i8::MAX, "Int8".into())
-    );
+    assert_eq!(round_trip::<i8>(&db, "Int8", i8::MIN).await, (i8::MIN, "Int8".into()));
+    assert_eq!(round_trip::<i8>(&db, "Int8", i8::MAX).await, (i8::MAX, "Int8".into()));
     assert_eq!(
         round_trip::<i16>(&db, "Int16", i16::MIN).await,
         (i16::MIN, "Int16".into())
@@ -77,10 +71,7 @@ async fn integer_parameters_keep_their_bounds_and_types() {
         round_trip::<i64>(&db, "Int64", i64::MAX).await,
         (i64::MAX, "Int64".into())
     );
-    assert_eq!(
-        round_trip::<u8>(&db, "UInt8", u8::MAX).await,
-        (u8::MAX, "UInt8".into())
-    );
+    assert_eq!(round_trip::<u8>(&db, "UInt8", u8::MAX).await, (u8::MAX, "UInt8".into()));
     assert_eq!(
         round_trip::<u16>(&db, "UInt16", u16::MAX).await,
         (u16::MAX, "UInt16".into())
@@ -93,10 +84,7 @@ async fn integer_parameters_keep_their_bounds_and_types() {
         round_trip::<u64>(&db, "UInt64", u64::MAX).await,
         (u64::MAX, "UInt64".into())
     );
-    assert_eq!(
-        round_trip::<u64>(&db, "UInt64", 0u64).await,
-        (0, "UInt64".into())
-    );
+    assert_eq!(round_trip::<u64>(&db, "UInt64", 0u64).await, (0, "UInt64".into()));
 }
 
 #[tokio::test]
@@ -106,18 +94,9 @@ async fn float_and_bool_parameters_round_trip() {
         round_trip::<f64>(&db, "Float64", -1.5e-300).await,
         (-1.5e-300, "Float64".into())
     );
-    assert_eq!(
-        round_trip::<f64>(&db, "Float64", 0.1).await,
-        (0.1, "Float64".into())
-    );
-    assert_eq!(
-        round_trip::<bool>(&db, "Bool", true).await,
-        (true, "Bool".into())
-    );
-    assert_eq!(
-        round_trip::<bool>(&db, "Bool", false).await,
-        (false, "Bool".into())
-    );
+    assert_eq!(round_trip::<f64>(&db, "Float64", 0.1).await, (0.1, "Float64".into()));
+    assert_eq!(round_trip::<bool>(&db, "Bool", true).await, (true, "Bool".into()));
+    assert_eq!(round_trip::<bool>(&db, "Bool", false).await, (false, "Bool".into()));
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -162,17 +141,11 @@ async fn date_time_and_uuid_parameters_round_trip() {
 #[tokio::test]
 async fn array_and_nullable_parameters_round_trip() {
     let db = TestDatabase::create().await;
-    let items = vec![
-        "a'b".to_owned(),
-        "c\\d".to_owned(),
-        "e,f]".to_owned(),
-        String::new(),
-    ];
+    let items = vec!["a'b".to_owned(), "c\\d".to_owned(), "e,f]".to_owned(), String::new()];
     let (value, ty): (Vec<String>, String) = round_trip(&db, "Array(String)", &items).await;
     assert_eq!((value, ty.as_str()), (items, "Array(String)"));
 
-    let (value, ty): (Option<String>, String) =
-        round_trip(&db, "Nullable(String)", None::<String>).await;
+    let (value, ty): (Option<String>, String) = round_trip(&db, "Nullable(String)", None::<String>).await;
     assert_eq!((value, ty.as_str()), (None, "Nullable(String)"));
     let (value, _): (Option<String>, String) = round_trip(&db, "Nullable(String)", Some("x")).await;
     assert_eq!(value.as_deref(), Some("x"));
@@ -329,9 +302,7 @@ async fn wrong_credentials_are_error_516() {
 async fn a_rotated_password_takes_effect_without_a_restart() {
     let connection = connection();
     let Some(users_file) = connection.users_file.clone() else {
-        eprintln!(
-            "skipped: rotation needs the local ClickHouse's users file (not a remote server)"
-        );
+        eprintln!("skipped: rotation needs the local ClickHouse's users file (not a remote server)");
         return;
     };
     let original = std::fs::read_to_string(&users_file).expect("users file");
@@ -356,26 +327,18 @@ async fn a_rotated_password_takes_effect_without_a_restart() {
         .query("SELECT 1")
         .fetch_one::<u8>()
         .await;
-    let new = probe
-        .with_password("second")
-        .query("SELECT 1")
-        .fetch_one::<u8>()
-        .await;
+    let new = probe.with_password("second").query("SELECT 1").fetch_one::<u8>().await;
 
     // Put the file back before asserting, so a failure leaves no stray user behind.
     let mut restored: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&users_file).expect("users file"))
-            .expect("json");
+        serde_json::from_str(&std::fs::read_to_string(&users_file).expect("users file")).expect("json");
     restored["users"]
         .as_object_mut()
         .expect("users object")
         .remove("rotation_probe");
     std::fs::write(&users_file, restored.to_string()).expect("restoring users");
 
-    assert_eq!(
-        error_code(&old.expect_err("the old password is refused")),
-        Some(516)
-    );
+    assert_eq!(error_code(&old.expect_err("the old password is refused")), Some(516));
     assert_eq!(new.expect("the new password works"), 1);
 }
 
@@ -439,10 +402,7 @@ async fn a_5_mb_insert_arrives_whole_with_lz4_compression() {
         .fetch_one()
         .await
         .expect("size");
-    assert!(
-        bytes > 5_000_000,
-        "the batch must be at least 5 MB, was {bytes}"
-    );
+    assert!(bytes > 5_000_000, "the batch must be at least 5 MB, was {bytes}");
 }
 
 #[tokio::test]
@@ -491,15 +451,9 @@ async fn an_error_after_rows_have_streamed_is_not_a_clean_end() {
     };
     let error = outcome.expect_err("the exception must surface, not a silently short result");
     assert!(rows > 0, "rows were streamed before the exception");
+    assert!(rows < 1_500_000, "rows past the failure must not arrive ({rows})");
     assert!(
-        rows < 1_500_000,
-        "rows past the failure must not arrive ({rows})"
-    );
-    assert!(
-        error
-            .to_string()
-            .contains("FUNCTION_THROW_IF_VALUE_IS_NON_ZERO")
-            || error_code(&error) == Some(395),
+        error.to_string().contains("FUNCTION_THROW_IF_VALUE_IS_NON_ZERO") || error_code(&error) == Some(395),
         "{error}"
     );
 }
@@ -530,9 +484,7 @@ async fn curl_style_requests_work() {
     let db = TestDatabase::create().await;
     let connection = db.connection();
     let http = reqwest::Client::new();
-    let auth = |request: reqwest::RequestBuilder| {
-        request.basic_auth(&connection.user, Some(&connection.password))
-    };
+    let auth = |request: reqwest::RequestBuilder| request.basic_auth(&connection.user, Some(&connection.password));
     // POST body with a URL parameter, as in `curl '...?param_t=acme' --data-binary '...'`.
     let body = auth(http.post(format!("{}/?param_t=acme%20co", connection.url)))
         .body("SELECT {t:String} AS t, toTypeName(t)")
@@ -595,11 +547,7 @@ async fn curl_style_requests_work() {
     .expect("body");
     assert_eq!(body, "{\"x\":1,\"s\":\"a\"}\n{\"x\":2,\"s\":\"b\"}\n");
     // Health endpoints answer without credentials.
-    let ping = http
-        .get(format!("{}/ping", connection.url))
-        .send()
-        .await
-        .expect("ping");
+    let ping = http.get(format!("{}/ping", connection.url)).send().await.expect("ping");
     assert_eq!(ping.text().await.expect("body"), "Ok.\n");
 }
 
@@ -609,9 +557,7 @@ async fn one_connection_serves_request_after_request() {
 
     let connection = connection();
     let address = crate::helpers::clickhouse_address();
-    let stream = tokio::net::TcpStream::connect(&address)
-        .await
-        .expect("connecting");
+    let stream = tokio::net::TcpStream::connect(&address).await.expect("connecting");
     let mut stream = BufReader::new(stream);
     for n in 1..=3u32 {
         let sql = format!("SELECT {n} * 10");
@@ -622,11 +568,7 @@ async fn one_connection_serves_request_after_request() {
             connection.password,
             sql.len()
         );
-        stream
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .expect("sending");
+        stream.get_mut().write_all(request.as_bytes()).await.expect("sending");
         let mut status = String::new();
         stream.read_line(&mut status).await.expect("status line");
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
@@ -648,9 +590,6 @@ async fn one_connection_serves_request_after_request() {
         }
         let mut body = vec![0; length.expect("a sized response")];
         stream.read_exact(&mut body).await.expect("body");
-        assert_eq!(
-            String::from_utf8(body).expect("utf8"),
-            format!("{}\n", n * 10)
-        );
+        assert_eq!(String::from_utf8(body).expect("utf8"), format!("{}\n", n * 10));
     }
 }

@@ -68,10 +68,7 @@ async fn bad_parameters_get_a_400_problem_naming_the_parameter() {
     let body = problem(app.get("echo", &[("n", "5000")]).await, 400).await;
     assert_eq!(body["code"], "invalid_param");
     assert_eq!(body["param"], "n");
-    assert!(
-        body["problem"].as_str().expect("problem").contains("1000"),
-        "{body}"
-    );
+    assert!(body["problem"].as_str().expect("problem").contains("1000"), "{body}");
 
     let body = problem(app.get("echo", &[("nope", "1")]).await, 400).await;
     assert_eq!(body["code"], "unknown_param");
@@ -107,10 +104,7 @@ async fn huge_values_are_judged_without_being_echoed() {
     let huge = "x".repeat(1_000_000);
     let body = problem(app.post_json("echo", &json!({"short": huge})).await, 400).await;
     assert_eq!(body["param"], "short");
-    assert!(
-        body.to_string().len() < 2_000,
-        "the error must not echo a 1 MB value"
-    );
+    assert!(body.to_string().len() < 2_000, "the error must not echo a 1 MB value");
     // Without a length limit the same value is plain data.
     let response = app.post_json("echo", &json!({"s": huge})).await;
     assert_eq!(response.status(), 200);
@@ -145,8 +139,7 @@ async fn injection_strings_are_data_and_every_event_survives() {
     for attack in corpus {
         for response in [
             app.get("v1/page-views", &[("path", attack)]).await,
-            app.post_json("v1/page-views", &json!({"path": attack}))
-                .await,
+            app.post_json("v1/page-views", &json!({"path": attack})).await,
         ] {
             assert_eq!(response.status(), 200, "{attack:?}");
             let body: Value = response.json().await.expect("json");
@@ -167,19 +160,18 @@ async fn injection_strings_are_data_and_every_event_survives() {
 }
 
 #[tokio::test]
-async fn reserved_caller_parameters_cannot_be_sent_and_need_an_identity() {
+async fn reserved_caller_parameters_cannot_be_sent_and_come_from_the_token() {
     let app = spawn_app().await;
     let body = problem(app.get("echo", &[("caller_tenant", "other")]).await, 400).await;
     assert_eq!(body["code"], "reserved_param");
-    let body = problem(
-        app.post_json("echo", &json!({"caller_role": "admin"}))
-            .await,
-        400,
-    )
-    .await;
+    let body = problem(app.post_json("echo", &json!({"caller_role": "admin"})).await, 400).await;
     assert_eq!(body["code"], "reserved_param");
-    let body = problem(app.get("whoami", &[]).await, 401).await;
-    assert_eq!(body["code"], "unauthenticated");
+    // The caller parameters come from the verified token only.
+    let body: Value = app.get("whoami", &[]).await.json().await.expect("json");
+    assert_eq!(body["data"][0]["tenant"], "acme");
+    let globex = app.token_for("someone", json!({"roles": ["Test.Read"], "tid": "globex"}));
+    let body: Value = app.get_as(&globex, "whoami", &[]).await.json().await.expect("json");
+    assert_eq!(body["data"][0]["tenant"], "globex");
 }
 
 #[tokio::test]
@@ -210,10 +202,7 @@ async fn route_parameters_bind_from_the_path() {
     let app = spawn_app().await;
     let body: Value = app.get("items/21", &[]).await.json().await.expect("json");
     assert_eq!(body["data"][0], json!({"id": 21, "double": 42}));
-    assert_eq!(
-        problem(app.get("items/5000", &[]).await, 400).await["param"],
-        "id"
-    );
+    assert_eq!(problem(app.get("items/5000", &[]).await, 400).await["param"], "id");
     assert_eq!(
         problem(app.get("items/7", &[("id", "8")]).await, 400).await["param"],
         "id"
@@ -223,9 +212,7 @@ async fn route_parameters_bind_from_the_path() {
 #[tokio::test]
 async fn formats_are_chosen_by_query_parameter_or_accept_header() {
     let app = spawn_app().await;
-    let response = app
-        .get("numbers", &[("rows", "3"), ("format", "ndjson")])
-        .await;
+    let response = app.get("numbers", &[("rows", "3"), ("format", "ndjson")]).await;
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     let text = response.text().await.expect("text");
     assert_eq!(text.lines().count(), 3);
@@ -234,9 +221,7 @@ async fn formats_are_chosen_by_query_parameter_or_accept_header() {
         0
     );
 
-    let response = app
-        .get("numbers", &[("rows", "2"), ("format", "csv")])
-        .await;
+    let response = app.get("numbers", &[("rows", "2"), ("format", "csv")]).await;
     assert!(
         response.headers()["content-type"]
             .to_str()
@@ -248,18 +233,10 @@ async fn formats_are_chosen_by_query_parameter_or_accept_header() {
         "\"number\",\"failed\"\n0,0\n1,0\n"
     );
 
-    let response = app
-        .get("numbers", &[("rows", "100"), ("format", "parquet")])
-        .await;
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/vnd.apache.parquet"
-    );
+    let response = app.get("numbers", &[("rows", "100"), ("format", "parquet")]).await;
+    assert_eq!(response.headers()["content-type"], "application/vnd.apache.parquet");
     let bytes = response.bytes().await.expect("bytes");
-    assert!(
-        bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"),
-        "a Parquet file"
-    );
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"), "a Parquet file");
 
     let response = app
         .api_client
@@ -276,13 +253,7 @@ async fn an_unavailable_format_is_406_listing_the_offered_ones() {
     let app = spawn_app().await;
     let body = problem(app.get("items/1", &[("format", "parquet")]).await, 406).await;
     assert_eq!(body["code"], "not_acceptable");
-    assert!(
-        body["detail"]
-            .as_str()
-            .expect("detail")
-            .contains("json, csv"),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().expect("detail").contains("json, csv"), "{body}");
     let response = app
         .api_client
         .get(format!("{}/api/items/1", app.address))
@@ -296,12 +267,7 @@ async fn an_unavailable_format_is_406_listing_the_offered_ones() {
 #[tokio::test]
 async fn an_error_before_the_first_byte_is_an_error_status_without_internals() {
     let app = spawn_app().await;
-    let body = problem(
-        app.get("numbers", &[("rows", "1000"), ("fail_at", "100")])
-            .await,
-        500,
-    )
-    .await;
+    let body = problem(app.get("numbers", &[("rows", "1000"), ("fail_at", "100")]).await, 500).await;
     assert_eq!(body["code"], "query_failed");
     let text = body.to_string();
     assert!(
@@ -323,18 +289,10 @@ async fn an_error_after_the_response_started_breaks_the_body_instead_of_ending_i
     let response = app
         .get(
             "numbers",
-            &[
-                ("rows", "300000"),
-                ("fail_at", "250000"),
-                ("format", "ndjson"),
-            ],
+            &[("rows", "300000"), ("fail_at", "250000"), ("format", "ndjson")],
         )
         .await;
-    assert_eq!(
-        response.status(),
-        200,
-        "the status was committed before the failure"
-    );
+    assert_eq!(response.status(), 200, "the status was committed before the failure");
     let outcome = response.bytes().await;
     assert!(
         outcome.is_err(),
@@ -343,9 +301,7 @@ async fn an_error_after_the_response_started_breaks_the_body_instead_of_ending_i
     );
 
     // The same query without the failure streams to the end.
-    let response = app
-        .get("numbers", &[("rows", "300000"), ("format", "ndjson")])
-        .await;
+    let response = app.get("numbers", &[("rows", "300000"), ("format", "ndjson")]).await;
     let text = response.text().await.expect("complete body");
     assert_eq!(text.lines().count(), 300_000);
 }
@@ -360,12 +316,7 @@ async fn a_query_past_its_time_limit_is_504() {
 #[tokio::test]
 async fn a_result_over_the_row_limit_is_422_not_a_cut() {
     let app = spawn_app().await;
-    let body: Value = app
-        .get("capped", &[("n", "10")])
-        .await
-        .json()
-        .await
-        .expect("json");
+    let body: Value = app.get("capped", &[("n", "10")]).await.json().await.expect("json");
     assert_eq!(body["rows"], 10);
     let body = problem(app.get("capped", &[("n", "11")]).await, 422).await;
     assert_eq!(body["code"], "result_too_large");
@@ -375,9 +326,7 @@ async fn a_result_over_the_row_limit_is_422_not_a_cut() {
 async fn clickhouse_down_is_503_with_retry_after_and_service_resumes_when_it_returns() {
     let mut proxy = TcpProxy::start(&clickhouse_address()).await;
     let port = proxy.port;
-    let app =
-        spawn_app_with(|settings| settings.clickhouse.url = format!("http://127.0.0.1:{port}"))
-            .await;
+    let app = spawn_app_with(|settings| settings.clickhouse.url = format!("http://127.0.0.1:{port}")).await;
     assert_eq!(app.get("echo", &[("n", "1")]).await.status(), 200);
 
     proxy.cut().await;
@@ -402,42 +351,28 @@ async fn clickhouse_down_is_503_with_retry_after_and_service_resumes_when_it_ret
 async fn clickhouse_receives_the_request_id_limits_and_typed_parameters_not_sql_values() {
     let proxy = TcpProxy::start(&clickhouse_address()).await;
     let port = proxy.port;
-    let app =
-        spawn_app_with(|settings| settings.clickhouse.url = format!("http://127.0.0.1:{port}"))
-            .await;
+    let app = spawn_app_with(|settings| settings.clickhouse.url = format!("http://127.0.0.1:{port}")).await;
     app.seed_events(100).await;
     let response = app
         .api_client
-        .get(format!(
-            "{}/api/v1/page-views?path=%27%20OR%201%3D1",
-            app.address
-        ))
+        .get(format!("{}/api/v1/page-views?path=%27%20OR%201%3D1", app.address))
         .header("x-request-id", "req-abc-123")
         .send()
         .await
         .expect("get");
     assert_eq!(response.status(), 200);
     let sent = String::from_utf8_lossy(&proxy.sent.lock().expect("capture")).into_owned();
-    assert!(
-        sent.contains("query_id=req-abc-123"),
-        "the request id is the query_id"
-    );
+    assert!(sent.contains("query_id=req-abc-123"), "the request id is the query_id");
     assert!(
         sent.contains("readonly=2") && sent.contains("max_execution_time=30"),
         "limits are sent as settings"
     );
-    assert!(
-        sent.contains("WHERE path = {path:String}"),
-        "the SQL goes as written"
-    );
+    assert!(sent.contains("WHERE path = {path:String}"), "the SQL goes as written");
     assert!(
         sent.contains("name=\"param_path\""),
         "the value travels as a typed parameter"
     );
-    assert!(
-        !sent.contains("WHERE path = '"),
-        "no value is spliced into the SQL"
-    );
+    assert!(!sent.contains("WHERE path = '"), "no value is spliced into the SQL");
 }
 
 #[tokio::test]
@@ -454,10 +389,7 @@ async fn the_request_id_is_taken_from_the_caller_and_returned() {
     let response = app
         .api_client
         .get(format!("{}/api/nothing", app.address))
-        .header(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         .send()
         .await
         .expect("get");

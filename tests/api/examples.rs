@@ -1,5 +1,5 @@
-//! The shipped example endpoints (functions/) over sample data, checked against the same
-//! figures computed directly in ClickHouse.
+//! The shipped example endpoints (functions/) over sample data, called as analysts of one
+//! tenant, checked against the same figures computed directly in ClickHouse.
 
 use serde_json::Value;
 
@@ -16,10 +16,7 @@ async fn examples_app() -> TestApp {
     app
 }
 
-const WINDOW: [(&str, &str); 2] = [
-    ("from", "2026-09-01 00:00:00"),
-    ("to", "2026-12-31 00:00:00"),
-];
+const WINDOW: [(&str, &str); 2] = [("from", "2026-09-01 00:00:00"), ("to", "2026-10-01 00:00:00")];
 
 fn with_window<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut query = WINDOW.to_vec();
@@ -27,23 +24,32 @@ fn with_window<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     query
 }
 
+async fn json(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("json")
+}
+
 #[tokio::test]
 async fn top_pages_matches_a_direct_count() {
     let app = examples_app().await;
-    let body: Value = app
-        .get(
+    let body = json(
+        app.get_as(
+            &app.analyst_of("globex"),
             "v1/top-pages",
-            &with_window(&[("tenant", "globex"), ("limit", "3")]),
+            &with_window(&[("limit", "3")]),
         )
-        .await
-        .json()
-        .await
-        .expect("json");
+        .await,
+    )
+    .await;
     assert_eq!(body["rows"], 3);
     let direct: Vec<(String, u64)> = app
         .database
         .client()
-        .query("SELECT path, count() AS c FROM events WHERE tenant_id = 'globex' GROUP BY path ORDER BY c DESC, path LIMIT 3")
+        .query(
+            "SELECT path, count() AS c FROM events
+             WHERE tenant_id = 'globex' AND ts >= '2026-09-01 00:00:00' AND ts < '2026-10-01 00:00:00'
+             GROUP BY path ORDER BY c DESC, path LIMIT 3",
+        )
         .fetch_all()
         .await
         .expect("direct");
@@ -56,38 +62,20 @@ async fn top_pages_matches_a_direct_count() {
 #[tokio::test]
 async fn traffic_buckets_by_the_chosen_granularity() {
     let app = examples_app().await;
-    let daily: Value = app
-        .get("v1/traffic", &with_window(&[("tenant", "acme")]))
-        .await
-        .json()
-        .await
-        .expect("json");
-    let hourly: Value = app
-        .get(
-            "v1/traffic",
-            &with_window(&[("tenant", "acme"), ("granularity", "hour")]),
-        )
-        .await
-        .json()
-        .await
-        .expect("json");
-    let weekly: Value = app
-        .get(
-            "v1/traffic",
-            &with_window(&[("tenant", "acme"), ("granularity", "week")]),
-        )
-        .await
-        .json()
-        .await
-        .expect("json");
+    let acme = app.analyst_of("acme");
+    let daily = json(app.get_as(&acme, "v1/traffic", &with_window(&[])).await).await;
+    let hourly = json(
+        app.get_as(&acme, "v1/traffic", &with_window(&[("granularity", "hour")]))
+            .await,
+    )
+    .await;
+    let weekly = json(
+        app.get_as(&acme, "v1/traffic", &with_window(&[("granularity", "week")]))
+            .await,
+    )
+    .await;
     let rows = |v: &Value| v["rows"].as_u64().expect("rows");
-    assert!(
-        rows(&hourly) > rows(&daily) && rows(&daily) > rows(&weekly),
-        "{} {} {}",
-        rows(&hourly),
-        rows(&daily),
-        rows(&weekly)
-    );
+    assert!(rows(&hourly) > rows(&daily) && rows(&daily) > rows(&weekly));
     let total = |v: &Value| -> u64 {
         v["data"]
             .as_array()
@@ -99,10 +87,7 @@ async fn traffic_buckets_by_the_chosen_granularity() {
     assert_eq!(total(&hourly), total(&daily));
     assert_eq!(total(&daily), total(&weekly));
     let bad = app
-        .get(
-            "v1/traffic",
-            &with_window(&[("tenant", "acme"), ("granularity", "minute")]),
-        )
+        .get_as(&acme, "v1/traffic", &with_window(&[("granularity", "minute")]))
         .await;
     assert_eq!(bad.status(), 400);
 }
@@ -110,15 +95,16 @@ async fn traffic_buckets_by_the_chosen_granularity() {
 #[tokio::test]
 async fn breakdown_filters_by_an_array_of_countries() {
     let app = examples_app().await;
-    let body: Value = app
-        .get(
+    let acme = app.analyst_of("acme");
+    let body = json(
+        app.get_as(
+            &acme,
             "v1/breakdown",
-            &with_window(&[("tenant", "acme"), ("countries", "US"), ("countries", "DE")]),
+            &with_window(&[("countries", "US"), ("countries", "DE")]),
         )
-        .await
-        .json()
-        .await
-        .expect("json");
+        .await,
+    )
+    .await;
     let values: Vec<&str> = body["data"]
         .as_array()
         .expect("data")
@@ -126,23 +112,16 @@ async fn breakdown_filters_by_an_array_of_countries() {
         .map(|r| r["value"].as_str().expect("value"))
         .collect();
     assert_eq!(values, ["US", "DE"]);
-    let devices: Value = app
-        .get(
-            "v1/breakdown",
-            &with_window(&[("tenant", "acme"), ("dimension", "device")]),
-        )
-        .await
-        .json()
-        .await
-        .expect("json");
+    let devices = json(
+        app.get_as(&acme, "v1/breakdown", &with_window(&[("dimension", "device")]))
+            .await,
+    )
+    .await;
     assert_eq!(devices["rows"], 3);
     assert_eq!(
-        app.get(
-            "v1/breakdown",
-            &with_window(&[("tenant", "acme"), ("countries", "usa")])
-        )
-        .await
-        .status(),
+        app.get_as(&acme, "v1/breakdown", &with_window(&[("countries", "usa")]))
+            .await
+            .status(),
         400
     );
 }
@@ -150,32 +129,32 @@ async fn breakdown_filters_by_an_array_of_countries() {
 #[tokio::test]
 async fn kpi_is_one_row_of_headline_numbers() {
     let app = examples_app().await;
-    let body: Value = app
-        .get("v1/kpi", &with_window(&[("tenant", "initech")]))
-        .await
-        .json()
-        .await
-        .expect("json");
+    let body = json(
+        app.get_as(&app.analyst_of("initech"), "v1/kpi", &with_window(&[]))
+            .await,
+    )
+    .await;
     assert_eq!(body["rows"], 1);
     let direct: u64 = app
         .database
         .client()
-        .query("SELECT count() FROM events WHERE tenant_id = 'initech'")
+        .query(
+            "SELECT count() FROM events
+             WHERE tenant_id = 'initech' AND ts >= '2026-09-01 00:00:00' AND ts < '2026-10-01 00:00:00'",
+        )
         .fetch_one()
         .await
         .expect("direct");
     assert_eq!(body["data"][0]["views"], direct);
-    let bounce = body["data"][0]["bounce_rate"]
-        .as_f64()
-        .expect("bounce rate");
+    let bounce = body["data"][0]["bounce_rate"].as_f64().expect("bounce rate");
     assert!((0.0..=1.0).contains(&bounce));
 }
 
 #[tokio::test]
 async fn export_events_streams_ndjson_and_parquet() {
     let app = examples_app().await;
+    let acme = app.analyst_of("acme");
     let query = [
-        ("tenant", "acme"),
         ("from", "2026-09-01 00:00:00.000"),
         ("to", "2026-12-31 00:00:00.000"),
         ("limit", "5000"),
@@ -183,7 +162,7 @@ async fn export_events_streams_ndjson_and_parquet() {
     let mut ndjson = query.to_vec();
     ndjson.push(("format", "ndjson"));
     let text = app
-        .get("v1/events/export", &ndjson)
+        .get_as(&acme, "v1/events/export", &ndjson)
         .await
         .text()
         .await
@@ -194,10 +173,21 @@ async fn export_events_streams_ndjson_and_parquet() {
     let mut parquet = query.to_vec();
     parquet.push(("format", "parquet"));
     let bytes = app
-        .get("v1/events/export", &parquet)
+        .get_as(&acme, "v1/events/export", &parquet)
         .await
         .bytes()
         .await
         .expect("bytes");
     assert!(bytes.starts_with(b"PAR1"));
+}
+
+#[tokio::test]
+async fn the_cross_tenant_overview_answers_only_the_internal_role() {
+    let app = examples_app().await;
+    let body = json(app.get("v1/internal/tenants", &with_window(&[])).await).await;
+    assert_eq!(body["rows"], 6, "every tenant, for the internal role");
+    let response = app
+        .get_as(&app.analyst_of("acme"), "v1/internal/tenants", &with_window(&[]))
+        .await;
+    assert_eq!(response.status(), 403);
 }

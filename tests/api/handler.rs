@@ -43,18 +43,12 @@ async fn the_handler_binary_answers_the_readiness_probe_on_its_port() {
             ready = Some((started.elapsed(), response.status()));
             break;
         }
-        assert!(
-            child.try_wait().expect("child status").is_none(),
-            "the handler exited"
-        );
+        assert!(child.try_wait().expect("child status").is_none(), "the handler exited");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (elapsed, status) = ready.expect("the handler never answered GET /");
     assert_eq!(status, 200);
-    eprintln!(
-        "handler answered GET / {} ms after process start",
-        elapsed.as_millis()
-    );
+    eprintln!("handler answered GET / {} ms after process start", elapsed.as_millis());
     child.start_kill().expect("stopping the handler");
 }
 

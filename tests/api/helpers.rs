@@ -2,10 +2,13 @@
 
 use std::sync::LazyLock;
 
+use chgate::access::VerifyOptions;
 use chgate::settings::{ClickHouseSettings, Settings};
 use chgate::startup::Application;
 use clickhouse::Client;
+use serde_json::json;
 use xtask::connection::Connection;
+use xtask::dev_issuer::{DevIssuer, DevKey};
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var_os("TEST_LOG").is_some() {
@@ -80,12 +83,25 @@ impl Drop for TestDatabase {
     }
 }
 
-/// A handler running in this process on a free port.
+/// A handler running in this process on a free port, trusting its own token issuer.
 #[derive(Debug)]
 pub struct TestApp {
     pub address: String,
     pub api_client: reqwest::Client,
     pub database: TestDatabase,
+    /// The issuer the app trusts (the development issuer, on a free port).
+    pub issuer: DevIssuer,
+    /// A token for the default test caller: roles Test.Read and Analytics.Internal, tenant acme.
+    pub token: String,
+}
+
+/// The fixture policy with `issuer` as its trusted issuer, written to a file of its own.
+pub fn fixture_policy(issuer: &str) -> std::path::PathBuf {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let text = std::fs::read_to_string(fixtures.join("access.toml")).expect("fixture policy");
+    let path = std::env::temp_dir().join(format!("chgate-access-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, text.replace("http://127.0.0.1:0", issuer)).expect("writing the policy");
+    path
 }
 
 /// The fixture catalog (tests/fixtures/endpoints) over a fresh database.
@@ -99,6 +115,9 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
     let database = TestDatabase::create().await;
     let connection = database.connection().clone();
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let issuer = DevIssuer::start(0, DevKey::generate().expect("key"))
+        .await
+        .expect("starting the issuer");
     let mut settings = Settings {
         port: 0,
         clickhouse: ClickHouseSettings {
@@ -110,51 +129,89 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
         functions_dir: fixtures.join("endpoints"),
         host_json: fixtures.join("host.json"),
         response_buffer_bytes: chgate::settings::DEFAULT_RESPONSE_BUFFER_BYTES,
+        access_policy: fixture_policy(issuer.url()),
+        in_azure: false,
+        // Tests rotate keys and expect the next unknown kid to refresh at once.
+        token: VerifyOptions {
+            min_refresh_gap: std::time::Duration::ZERO,
+            ..VerifyOptions::default()
+        },
     };
     customise(&mut settings);
-    let application = Application::build(settings)
-        .await
-        .expect("building the application");
+    let application = Application::build(settings).await.expect("building the application");
     let address = format!("http://127.0.0.1:{}", application.port());
     tokio::spawn(application.run_until_stopped());
+    let token = issuer
+        .token(
+            "test-caller",
+            json!({"roles": ["Test.Read", "Analytics.Internal"], "tid": "acme"}),
+        )
+        .expect("signing");
+    // Every request carries the default caller's token unless it sets its own.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    let api_client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client");
     TestApp {
         address,
-        api_client: reqwest::Client::new(),
+        api_client,
         database,
+        issuer,
+        token,
     }
 }
 
 impl TestApp {
-    /// `GET /api/<path>` with query-string pairs.
+    /// `GET /api/<path>` with query-string pairs, as the default test caller.
     pub async fn get(&self, path: &str, query: &[(&str, &str)]) -> reqwest::Response {
+        self.get_as(&self.token, path, query).await
+    }
+
+    /// `GET /api/<path>` with a bearer token.
+    pub async fn get_as(&self, token: &str, path: &str, query: &[(&str, &str)]) -> reqwest::Response {
         self.api_client
             .get(format!("{}/api/{path}", self.address))
+            .bearer_auth(token)
             .query(query)
             .send()
             .await
             .expect("GET request")
     }
 
-    /// `POST /api/<path>` with a JSON body.
+    /// `POST /api/<path>` with a JSON body, as the default test caller.
     pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
         self.api_client
             .post(format!("{}/api/{path}", self.address))
+            .bearer_auth(&self.token)
             .json(body)
             .send()
             .await
             .expect("POST request")
     }
 
+    /// A token from the app's issuer for `subject` with the given claims.
+    pub fn token_for(&self, subject: &str, claims: serde_json::Value) -> String {
+        self.issuer.token(subject, claims).expect("signing")
+    }
+
+    /// A token of an analyst of `tenant`.
+    pub fn analyst_of(&self, tenant: &str) -> String {
+        self.token_for(
+            &format!("analyst@{tenant}"),
+            json!({"roles": ["Analytics.Read"], "tid": tenant}),
+        )
+    }
+
     /// Loads `rows` sample events into this test's database.
     pub async fn seed_events(&self, rows: u64) {
-        xtask::sample::load(
-            &self.database.client(),
-            "events",
-            rows,
-            xtask::sample::DEFAULT_SEED,
-        )
-        .await
-        .expect("loading sample events");
+        xtask::sample::load(&self.database.client(), "events", rows, xtask::sample::DEFAULT_SEED)
+            .await
+            .expect("loading sample events");
     }
 }
 
@@ -185,9 +242,7 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     pub async fn start(target: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("proxy port");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
         let port = listener.local_addr().expect("address").port();
         let mut proxy = Self {
             port,
@@ -219,9 +274,7 @@ impl TcpProxy {
                             if n == 0 || to_server.write_all(&buffer[..n]).await.is_err() {
                                 break;
                             }
-                            sent.lock()
-                                .expect("capture lock")
-                                .extend_from_slice(&buffer[..n]);
+                            sent.lock().expect("capture lock").extend_from_slice(&buffer[..n]);
                         }
                         let _ = to_server.shutdown().await;
                     };
@@ -253,9 +306,6 @@ impl TcpProxy {
 pub fn error_code(error: &clickhouse::error::Error) -> Option<u32> {
     let text = error.to_string();
     let start = text.find("Code: ")? + "Code: ".len();
-    let digits: String = text[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let digits: String = text[start..].chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }

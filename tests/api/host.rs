@@ -6,13 +6,22 @@ use serde_json::{Value, json};
 
 use crate::helpers::spawn_app;
 
-fn invocation(method: &str, query: Value, headers: Value, body: Option<&str>) -> Value {
+/// The host forwards the caller's headers, Authorization included.
+fn with_token(token: &str, headers: Value) -> Value {
+    let mut headers = headers.as_object().cloned().unwrap_or_default();
+    headers
+        .entry("Authorization")
+        .or_insert_with(|| json!([format!("Bearer {token}")]));
+    Value::Object(headers)
+}
+
+fn invocation(token: &str, method: &str, query: Value, headers: Value, body: Option<&str>) -> Value {
     json!({
         "Data": { "req": {
             "Url": "https://example.azurewebsites.net/api/echo",
             "Method": method,
             "Query": query,
-            "Headers": headers,
+            "Headers": with_token(token, headers),
             "Params": {},
             "Identities": [],
             "Body": body,
@@ -29,6 +38,7 @@ async fn an_invocation_payload_gets_the_result_inside_a_200_envelope() {
         .post(format!("{}/echo", app.address))
         .header("X-Azure-Functions-InvocationId", "inv-1")
         .json(&invocation(
+            &app.token,
             "GET",
             json!({"n": "5", "tags": "red,blue"}),
             json!({"Accept": ["application/json"]}),
@@ -44,8 +54,7 @@ async fn an_invocation_payload_gets_the_result_inside_a_200_envelope() {
     assert_eq!(res["headers"]["Content-Type"], "application/json");
     assert_eq!(res["headers"]["X-Request-Id"], "inv-1");
     assert!(envelope["Logs"].is_array());
-    let body: Value =
-        serde_json::from_str(res["body"].as_str().expect("body string")).expect("json body");
+    let body: Value = serde_json::from_str(res["body"].as_str().expect("body string")).expect("json body");
     assert_eq!(body["data"][0]["n"], 5);
     assert_eq!(body["data"][0]["tags"], json!(["red", "blue"]));
 }
@@ -54,6 +63,7 @@ async fn an_invocation_payload_gets_the_result_inside_a_200_envelope() {
 async fn an_invocation_with_a_json_body_binds_it() {
     let app = spawn_app().await;
     let payload = invocation(
+        &app.token,
         "POST",
         json!({}),
         json!({"Content-Type": ["application/json"], "X-Request-Id": ["caller-9"]}),
@@ -85,7 +95,7 @@ async fn an_invocation_error_is_a_problem_inside_a_200_envelope() {
     let response = app
         .api_client
         .post(format!("{}/echo", app.address))
-        .json(&invocation("GET", json!({"n": "99999"}), json!({}), None))
+        .json(&invocation(&app.token, "GET", json!({"n": "99999"}), json!({}), None))
         .send()
         .await
         .expect("invocation");
@@ -98,8 +108,7 @@ async fn an_invocation_error_is_a_problem_inside_a_200_envelope() {
     let res = &envelope["Outputs"]["res"];
     assert_eq!(res["statusCode"], "400");
     assert_eq!(res["headers"]["Content-Type"], "application/problem+json");
-    let problem: Value =
-        serde_json::from_str(res["body"].as_str().expect("body")).expect("problem");
+    let problem: Value = serde_json::from_str(res["body"].as_str().expect("body")).expect("problem");
     assert_eq!(problem["code"], "invalid_param");
     assert_eq!(problem["param"], "n");
 }
@@ -111,6 +120,7 @@ async fn binary_formats_are_refused_in_invocation_mode() {
         .api_client
         .post(format!("{}/numbers", app.address))
         .json(&invocation(
+            &app.token,
             "GET",
             json!({"rows": "3", "format": "parquet"}),
             json!({}),

@@ -61,11 +61,7 @@ impl Run {
 }
 
 /// Runs the benchmark against ClickHouse at `connection`, starting a release-built handler.
-pub async fn run(
-    connection: &Connection,
-    duration: Duration,
-    levels: &[usize],
-) -> anyhow::Result<()> {
+pub async fn run(connection: &Connection, duration: Duration, levels: &[usize]) -> anyhow::Result<()> {
     let root = repo_root();
     let status = Command::new(env!("CARGO"))
         .current_dir(&root)
@@ -93,12 +89,7 @@ async fn start_handler(root: &Path, connection: &Connection, port: u16) -> anyho
         .context("starting the handler")?;
     let client = reqwest::Client::new();
     for _ in 0..200 {
-        if client
-            .get(format!("http://127.0.0.1:{port}/"))
-            .send()
-            .await
-            .is_ok()
-        {
+        if client.get(format!("http://127.0.0.1:{port}/")).send().await.is_ok() {
             return Ok(handler);
         }
         if let Some(status) = handler.try_wait()? {
@@ -110,21 +101,12 @@ async fn start_handler(root: &Path, connection: &Connection, port: u16) -> anyho
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn measure(
-    connection: &Connection,
-    port: u16,
-    duration: Duration,
-    levels: &[usize],
-) -> anyhow::Result<()> {
+async fn measure(connection: &Connection, port: u16, duration: Duration, levels: &[usize]) -> anyhow::Result<()> {
     let root = repo_root();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let clickhouse = connection.client();
     println!(
         "ClickHouse at {}; each cell runs {} s; latencies in ms",
@@ -133,21 +115,10 @@ async fn measure(
     );
     println!(
         "{:<26} {:>4} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>6} {:>6} {:>6}",
-        "query",
-        "conc",
-        "direct50",
-        "direct99",
-        "rps",
-        "gate50",
-        "gate99",
-        "rps",
-        "p50 ×",
-        "p99 ×",
-        "rps ×"
+        "query", "conc", "direct50", "direct99", "rps", "gate50", "gate99", "rps", "p50 ×", "p99 ×", "rps ×"
     );
     for case in CASES {
-        let sql =
-            std::fs::read_to_string(root.join("functions").join(case.endpoint).join("query.sql"))?;
+        let sql = std::fs::read_to_string(root.join("functions").join(case.endpoint).join("query.sql"))?;
         let url = format!("http://127.0.0.1:{port}/api/{}", case.route);
         // One warm-up request each, which also proves both paths answer.
         direct_once(&clickhouse, &sql, case.params).await?;
@@ -185,18 +156,12 @@ async fn measure(
             );
         }
     }
-    println!(
-        "× columns: through the handler divided by direct (latency: lower is better; rps: higher is better)"
-    );
+    println!("× columns: through the handler divided by direct (latency: lower is better; rps: higher is better)");
     Ok(())
 }
 
 /// The endpoint's SQL with the same parameters and settings the handler uses.
-async fn direct_once(
-    client: &clickhouse::Client,
-    sql: &str,
-    params: &[(&str, &str)],
-) -> anyhow::Result<()> {
+async fn direct_once(client: &clickhouse::Client, sql: &str, params: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut query = client.query_raw(sql).with_setting("readonly", "2");
     for (name, value) in params {
         query = query.param(name, value);
@@ -212,11 +177,7 @@ async fn direct_once(
     Ok(())
 }
 
-async fn gateway_once(
-    http: &reqwest::Client,
-    url: &str,
-    params: &[(&str, &str)],
-) -> anyhow::Result<()> {
+async fn gateway_once(http: &reqwest::Client, url: &str, params: &[(&str, &str)]) -> anyhow::Result<()> {
     let response = http.get(url).query(params).send().await?;
     let status = response.status();
     let body = response.bytes().await?;

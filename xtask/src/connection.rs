@@ -22,11 +22,8 @@ pub struct Connection {
 impl Connection {
     /// The server named by `CLICKHOUSE_URL`, if set.
     pub fn from_env() -> Option<Self> {
-        let url = std::env::var("CLICKHOUSE_URL")
-            .ok()
-            .filter(|u| !u.is_empty())?;
-        let var =
-            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+        let url = std::env::var("CLICKHOUSE_URL").ok().filter(|u| !u.is_empty())?;
+        let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
         Some(Self {
             url,
             user: var("CLICKHOUSE_USER", "default"),
@@ -54,10 +51,7 @@ impl Connection {
             ("CLICKHOUSE_DATABASE", self.database.clone()),
         ];
         if let Some(users_file) = &self.users_file {
-            vars.push((
-                "CHGATE_CLICKHOUSE_USERS_FILE",
-                users_file.display().to_string(),
-            ));
+            vars.push(("CHGATE_CLICKHOUSE_USERS_FILE", users_file.display().to_string()));
         }
         vars
     }

@@ -3,7 +3,9 @@
 
 pub mod bench;
 pub mod connection;
+pub mod dev_issuer;
 pub mod local_clickhouse;
+pub mod oidc_provider;
 pub mod sample;
 
 use std::path::PathBuf;

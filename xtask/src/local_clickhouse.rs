@@ -63,9 +63,7 @@ impl LocalClickHouse {
 
     pub fn port() -> anyhow::Result<u16> {
         match std::env::var("CHGATE_CLICKHOUSE_PORT") {
-            Ok(port) => port
-                .parse()
-                .context("CHGATE_CLICKHOUSE_PORT is not a port number"),
+            Ok(port) => port.parse().context("CHGATE_CLICKHOUSE_PORT is not a port number"),
             Err(_) => Ok(DEFAULT_PORT),
         }
     }
@@ -128,20 +126,14 @@ impl LocalClickHouse {
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait()? {
                 let _ = fs::remove_file(self.pid_file());
-                bail!(
-                    "the ClickHouse front exited ({status}):\n{}",
-                    self.log_tail()
-                );
+                bail!("the ClickHouse front exited ({status}):\n{}", self.log_tail());
             }
             if self.answers().await {
                 return Ok(true);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!(
-            "the ClickHouse front did not answer within 90 s:\n{}",
-            self.log_tail()
-        )
+        bail!("the ClickHouse front did not answer within 90 s:\n{}", self.log_tail())
     }
 
     /// Stops the server if it runs (SIGTERM, then SIGKILL after 15 s).
@@ -164,11 +156,7 @@ impl LocalClickHouse {
 
     /// The pid of a running front, from the pid file.
     pub fn running_pid(&self) -> Option<Pid> {
-        let pid: i32 = fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
+        let pid: i32 = fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
         let pid = Pid::from_raw(pid);
         is_alive(pid).then_some(pid)
     }
@@ -176,9 +164,7 @@ impl LocalClickHouse {
     /// Whether the server answers `/ping`.
     pub async fn answers(&self) -> bool {
         let Ok(url) = Self::url() else { return false };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build();
         match client {
             Ok(client) => client
                 .get(format!("{url}/ping"))
@@ -208,13 +194,8 @@ impl LocalClickHouse {
         );
         if !self.venv().join("bin/python").exists() {
             let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-            run(Command::new(&python).args(["-m", "venv"]).arg(self.venv())).with_context(
-                || {
-                    format!(
-                        "creating a venv with {python} (on Debian: apt-get install python3-venv)"
-                    )
-                },
-            )?;
+            run(Command::new(&python).args(["-m", "venv"]).arg(self.venv()))
+                .with_context(|| format!("creating a venv with {python} (on Debian: apt-get install python3-venv)"))?;
         }
         run(Command::new(self.venv().join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check", "-r"])

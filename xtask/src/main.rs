@@ -89,11 +89,7 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
             let connection = local.connection()?;
             println!(
                 "ClickHouse {} at {} (user {}, password in {})",
-                if started {
-                    "started"
-                } else {
-                    "already running"
-                },
+                if started { "started" } else { "already running" },
                 connection.url,
                 connection.user,
                 local.users_file().display()
@@ -111,20 +107,14 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
             if let Some(pid) = local.running_pid()
                 && local.answers().await
             {
-                println!(
-                    "ClickHouse running at {} (pid {pid})",
-                    LocalClickHouse::url()?
-                );
+                println!("ClickHouse running at {} (pid {pid})", LocalClickHouse::url()?);
                 if let Some(rss) = resident_memory_kib(pid.as_raw()) {
                     println!("  resident memory: {} MiB", rss / 1024);
                 }
                 let client = local.connection()?.client();
                 for (label, sql) in [
                     ("SELECT toUInt64(1)", "SELECT toUInt64(1)"),
-                    (
-                        "SELECT {n:UInt64} + 1 (typed parameter)",
-                        "SELECT {n:UInt64} + 1",
-                    ),
+                    ("SELECT {n:UInt64} + 1 (typed parameter)", "SELECT {n:UInt64} + 1"),
                 ] {
                     let timings = latency_sample(&client, sql, 200).await?;
                     println!(
@@ -151,21 +141,11 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
             }
             return outcome;
         }
-        Task::Bench {
-            seconds,
-            concurrency,
-        } => {
+        Task::Bench { seconds, concurrency } => {
             let (connection, started) = clickhouse(&local).await?;
             let outcome = ensure_sample_data(&connection, 1_000_000).await;
             let outcome = match outcome {
-                Ok(()) => {
-                    xtask::bench::run(
-                        &connection,
-                        std::time::Duration::from_secs(seconds),
-                        &concurrency,
-                    )
-                    .await
-                }
+                Ok(()) => xtask::bench::run(&connection, std::time::Duration::from_secs(seconds), &concurrency).await,
                 Err(error) => Err(error),
             };
             if started {
@@ -207,11 +187,7 @@ fn resident_memory_kib(pid: i32) -> Option<u64> {
 }
 
 /// Round-trip times in milliseconds of `count` sequential queries over one keep-alive client.
-async fn latency_sample(
-    client: &clickhouse::Client,
-    sql: &str,
-    count: usize,
-) -> anyhow::Result<Vec<f64>> {
+async fn latency_sample(client: &clickhouse::Client, sql: &str, count: usize) -> anyhow::Result<Vec<f64>> {
     let mut timings = Vec::with_capacity(count);
     for i in 0..count {
         let began = Instant::now();
@@ -234,12 +210,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
-async fn seed_events(
-    connection: &Connection,
-    table: &str,
-    rows: u64,
-    seed: u64,
-) -> anyhow::Result<()> {
+async fn seed_events(connection: &Connection, table: &str, rows: u64, seed: u64) -> anyhow::Result<()> {
     let began = Instant::now();
     sample::load(&connection.client(), table, rows, seed).await?;
     let seconds = began.elapsed().as_secs_f64();

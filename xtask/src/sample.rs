@@ -165,9 +165,7 @@ impl Generator {
         let device = DEVICES[self.devices.sample(rng)].0;
         let referrer = REFERRERS[self.referrers.sample(rng)].0;
         let day = rng.random_range(0..WINDOW_DAYS);
-        let weekday = (WINDOW_START + Duration::days(day))
-            .weekday()
-            .number_days_from_monday();
+        let weekday = (WINDOW_START + Duration::days(day)).weekday().number_days_from_monday();
         // Weekends see about half the traffic: re-draw most weekend sessions onto weekdays.
         let day = if weekday >= 5 && rng.random_bool(0.5) {
             (day + 2) % WINDOW_DAYS

@@ -1,0 +1,12 @@
+//! Who is calling and what they may run: bearer tokens verified against trusted issuers,
+//! claims mapped to roles and a tenant by the access policy, and the [`Grant`] without which
+//! no query runs.
+
+pub mod caller;
+pub mod policy;
+pub mod report;
+pub mod token;
+
+pub use caller::{AccessError, Caller, Grant};
+pub use policy::AccessPolicy;
+pub use token::{TokenError, TokenVerifier, VerifyOptions};

@@ -1,0 +1,472 @@
+//! The access policy (`access.toml`, versioned with the app): which issuers are trusted, how
+//! claims grant roles, which claim names the tenant, what each role may do in ClickHouse, and
+//! which tables hold tenant data. Unknown keys are errors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `access.toml` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessToml {
+    pub version: u32,
+    #[serde(default)]
+    pub issuers: Vec<IssuerToml>,
+    pub tenant: TenantToml,
+    #[serde(default)]
+    pub tables: TablesToml,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleToml>,
+    #[serde(default)]
+    pub grants: Vec<GrantToml>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerToml {
+    /// Names the issuer in app settings overrides (`CHGATE_ISSUER__<NAME>__URL`).
+    pub name: String,
+    /// The issuer URL: `iss` must equal it, and discovery starts from it.
+    pub url: String,
+    /// Other `iss` values signed with the same keys (Entra's v1 form `https://sts.windows.net/<tid>/`).
+    #[serde(default)]
+    pub also_accept: Vec<String>,
+    /// `aud` must be one of these.
+    pub audiences: Vec<String>,
+    /// A development issuer: refused when running in Azure.
+    #[serde(default)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantToml {
+    /// The claim holding the tenant (`tid` for Entra, or a custom claim such as `org_id`).
+    pub claim: String,
+    /// Optional mapping of claim values to tenant ids; when present, unmapped values give no
+    /// tenant.
+    pub values: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesToml {
+    /// Tables whose rows belong to tenants: every endpoint reading them must filter by
+    /// `{caller_tenant:String}`.
+    #[serde(default)]
+    pub tenant_scoped: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleToml {
+    #[serde(default)]
+    pub description: String,
+    /// May call endpoints that read tenant-scoped tables without the tenant filter.
+    #[serde(default)]
+    pub cross_tenant: bool,
+    #[serde(default)]
+    pub clickhouse: RoleSettingsToml,
+}
+
+/// Per-role ClickHouse limits; each tightens the endpoint's own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSettingsToml {
+    pub max_execution_time: Option<u64>,
+    pub max_memory_usage: Option<u64>,
+    pub max_result_rows: Option<u64>,
+    pub max_result_bytes: Option<u64>,
+    pub priority: Option<u64>,
+    /// A ClickHouse user for this role, so ClickHouse's own grants apply too.
+    pub user: Option<String>,
+    /// The app setting holding that user's password.
+    pub password_setting: Option<String>,
+}
+
+/// A rule: callers whose `claim` holds any of `any_of` get `role`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantToml {
+    pub role: String,
+    pub claim: String,
+    pub any_of: Vec<String>,
+}
+
+/// A trusted issuer, after overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    pub name: String,
+    pub url: String,
+    pub accepted_iss: Vec<String>,
+    pub audiences: Vec<String>,
+    pub dev: bool,
+}
+
+/// What a role may do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub description: String,
+    pub cross_tenant: bool,
+    pub max_execution_time: Option<Duration>,
+    pub max_memory_usage: Option<u64>,
+    pub max_result_rows: Option<u64>,
+    pub max_result_bytes: Option<u64>,
+    pub priority: Option<u64>,
+    pub clickhouse_user: Option<(String, String)>,
+}
+
+/// The checked policy.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    issuers: Vec<Issuer>,
+    tenant_claim: String,
+    tenant_values: Option<BTreeMap<String, String>>,
+    tenant_scoped_tables: Vec<String>,
+    roles: BTreeMap<String, Role>,
+    grants: Vec<GrantToml>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("access policy {file}: {problems:?}")]
+pub struct PolicyError {
+    pub file: String,
+    pub problems: Vec<String>,
+}
+
+impl AccessPolicy {
+    /// Reads and checks `path`, applying app-setting overrides from `env`
+    /// (`CHGATE_ISSUER__<NAME>__URL`, `CHGATE_ISSUER__<NAME>__AUDIENCES` comma-separated), and
+    /// refusing plain-http and development issuers when `in_azure`.
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, in_azure: bool) -> Result<Self, PolicyError> {
+        let fail = |problems: Vec<String>| PolicyError {
+            file: path.display().to_string(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(vec![format!("cannot read: {e}")]))?;
+        let toml: AccessToml = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            fail(vec![format!("line {}: {}", line.unwrap_or(0), e.message().trim())])
+        })?;
+        Self::from_toml(toml, env, in_azure).map_err(fail)
+    }
+
+    pub fn from_toml(
+        toml: AccessToml,
+        env: &dyn Fn(&str) -> Option<String>,
+        in_azure: bool,
+    ) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        if toml.version != 1 {
+            problems.push(format!(
+                "version {} is not supported; this handler reads version 1",
+                toml.version
+            ));
+        }
+        let mut issuers = Vec::new();
+        for issuer in toml.issuers {
+            let key = issuer.name.to_ascii_uppercase().replace('-', "_");
+            let url = env(&format!("CHGATE_ISSUER__{key}__URL")).unwrap_or(issuer.url);
+            let audiences = env(&format!("CHGATE_ISSUER__{key}__AUDIENCES"))
+                .map(|list| {
+                    list.split(',')
+                        .map(|a| a.trim().to_owned())
+                        .filter(|a| !a.is_empty())
+                        .collect()
+                })
+                .unwrap_or(issuer.audiences);
+            if audiences.is_empty() {
+                problems.push(format!(
+                    "issuer {}: audiences is empty; list the token audiences this API accepts",
+                    issuer.name
+                ));
+            }
+            if in_azure && issuer.dev {
+                problems.push(format!(
+                    "issuer {}: a development issuer is refused when running in Azure",
+                    issuer.name
+                ));
+            } else if in_azure && !url.starts_with("https://") {
+                problems.push(format!(
+                    "issuer {}: {url} is not https, which is refused when running in Azure",
+                    issuer.name
+                ));
+            }
+            let mut accepted_iss = vec![url.clone()];
+            accepted_iss.extend(issuer.also_accept);
+            issuers.push(Issuer {
+                name: issuer.name,
+                url,
+                accepted_iss,
+                audiences,
+                dev: issuer.dev,
+            });
+        }
+        let mut roles = BTreeMap::new();
+        for (name, role) in toml.roles {
+            let settings = role.clickhouse;
+            let clickhouse_user = match (settings.user, settings.password_setting) {
+                (Some(user), Some(setting)) => match env(&setting) {
+                    Some(password) => Some((user, password)),
+                    None => {
+                        problems.push(format!(
+                            "role {name}: app setting {setting} (the ClickHouse password of user {user}) is not set"
+                        ));
+                        None
+                    }
+                },
+                (Some(user), None) => Some((user, String::new())),
+                (None, Some(_)) => {
+                    problems.push(format!(
+                        "role {name}: clickhouse.password_setting needs clickhouse.user"
+                    ));
+                    None
+                }
+                (None, None) => None,
+            };
+            if settings.max_execution_time == Some(0) {
+                problems.push(format!("role {name}: clickhouse.max_execution_time must be at least 1"));
+            }
+            roles.insert(
+                name.clone(),
+                Role {
+                    name,
+                    description: role.description,
+                    cross_tenant: role.cross_tenant,
+                    max_execution_time: settings.max_execution_time.map(Duration::from_secs),
+                    max_memory_usage: settings.max_memory_usage,
+                    max_result_rows: settings.max_result_rows,
+                    max_result_bytes: settings.max_result_bytes,
+                    priority: settings.priority,
+                    clickhouse_user,
+                },
+            );
+        }
+        for grant in &toml.grants {
+            if !roles.contains_key(&grant.role) {
+                problems.push(format!(
+                    "a grant names role {:?}, which [roles] does not define",
+                    grant.role
+                ));
+            }
+            if grant.any_of.is_empty() {
+                problems.push(format!(
+                    "the grant of role {} by claim {} has an empty any_of",
+                    grant.role, grant.claim
+                ));
+            }
+        }
+        if toml.tenant.claim.trim().is_empty() {
+            problems.push("tenant.claim is empty; name the claim that holds the tenant".into());
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            issuers,
+            tenant_claim: toml.tenant.claim,
+            tenant_values: toml.tenant.values,
+            tenant_scoped_tables: toml.tables.tenant_scoped,
+            roles,
+            grants: toml.grants,
+        })
+    }
+
+    pub fn issuers(&self) -> &[Issuer] {
+        &self.issuers
+    }
+    pub fn role(&self, name: &str) -> Option<&Role> {
+        self.roles.get(name)
+    }
+    pub fn roles(&self) -> impl Iterator<Item = &Role> {
+        self.roles.values()
+    }
+    pub fn tenant_scoped_tables(&self) -> &[String] {
+        &self.tenant_scoped_tables
+    }
+    pub fn tenant_claim(&self) -> &str {
+        &self.tenant_claim
+    }
+    pub fn grants(&self) -> &[GrantToml] {
+        &self.grants
+    }
+
+    /// What the catalog must check every endpoint against.
+    pub fn catalog_rules(&self) -> crate::catalog::AccessRules {
+        crate::catalog::AccessRules {
+            roles: self.roles.keys().cloned().collect(),
+            cross_tenant_roles: self
+                .roles
+                .values()
+                .filter(|r| r.cross_tenant)
+                .map(|r| r.name.clone())
+                .collect(),
+            tenant_scoped_tables: self.tenant_scoped_tables.clone(),
+        }
+    }
+
+    /// The roles a set of verified claims grants, in policy order, without repeats.
+    pub fn roles_for(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Vec<&Role> {
+        let mut names = BTreeSet::new();
+        let mut granted = Vec::new();
+        for grant in &self.grants {
+            let held = claim_values(claims.get(&grant.claim));
+            if grant
+                .any_of
+                .iter()
+                .any(|wanted| held.iter().any(|value| value == wanted))
+                && names.insert(grant.role.as_str())
+                && let Some(role) = self.roles.get(&grant.role)
+            {
+                granted.push(role);
+            }
+        }
+        granted
+    }
+
+    /// The tenant a set of verified claims names, if any (mapped when the policy maps).
+    pub fn tenant_for(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        let value = claims.get(&self.tenant_claim)?.as_str()?.trim();
+        if value.is_empty() || value.len() > 256 {
+            return None;
+        }
+        match &self.tenant_values {
+            Some(map) => map.get(value).cloned(),
+            None => Some(value.to_owned()),
+        }
+    }
+}
+
+/// A claim's values: an array's strings, or a string split on spaces (as `scp` and `scope`
+/// carry several values in one string).
+fn claim_values(claim: Option<&serde_json::Value>) -> Vec<&str> {
+    match claim {
+        Some(serde_json::Value::String(text)) => text.split(' ').filter(|v| !v.is_empty()).collect(),
+        Some(serde_json::Value::Array(items)) => items.iter().filter_map(serde_json::Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const POLICY: &str = r#"
+version = 1
+[[issuers]]
+name = "entra"
+url = "https://login.microsoftonline.com/t1/v2.0"
+also_accept = ["https://sts.windows.net/t1/"]
+audiences = ["api://chgate"]
+
+[tenant]
+claim = "org_id"
+
+[tables]
+tenant_scoped = ["events"]
+
+[roles.analyst]
+description = "reads its tenant"
+[roles.analyst.clickhouse]
+max_execution_time = 5
+
+[roles.admin]
+cross_tenant = true
+
+[[grants]]
+role = "analyst"
+claim = "scp"
+any_of = ["api.read"]
+
+[[grants]]
+role = "admin"
+claim = "roles"
+any_of = ["Analytics.Admin"]
+"#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn policy() -> AccessPolicy {
+        AccessPolicy::from_toml(toml::from_str(POLICY).expect("toml"), &no_env, false).expect("policy")
+    }
+
+    fn claims(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        value.as_object().expect("object").clone()
+    }
+
+    #[test]
+    fn roles_come_from_space_separated_scopes_and_arrays() {
+        let policy = policy();
+        let names = |c| {
+            policy
+                .roles_for(&claims(c))
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(json!({"scp": "openid api.read"})), ["analyst"]);
+        assert_eq!(
+            names(json!({"roles": ["x", "Analytics.Admin"], "scp": "api.read"})),
+            ["analyst", "admin"]
+        );
+        assert!(names(json!({"scp": "api.readx"})).is_empty());
+        assert!(names(json!({"roles": "Analytics"})).is_empty());
+    }
+
+    #[test]
+    fn the_tenant_comes_from_the_configured_claim() {
+        let policy = policy();
+        assert_eq!(
+            policy.tenant_for(&claims(json!({"org_id": "acme"}))).as_deref(),
+            Some("acme")
+        );
+        assert_eq!(policy.tenant_for(&claims(json!({"org_id": 7}))), None);
+        assert_eq!(policy.tenant_for(&claims(json!({"tid": "acme"}))), None);
+    }
+
+    #[test]
+    fn app_settings_override_issuer_url_and_audiences() {
+        let env = |name: &str| match name {
+            "CHGATE_ISSUER__ENTRA__URL" => Some("https://login.microsoftonline.com/t2/v2.0".to_owned()),
+            "CHGATE_ISSUER__ENTRA__AUDIENCES" => Some("api://a, api://b".to_owned()),
+            _ => None,
+        };
+        let policy = AccessPolicy::from_toml(toml::from_str(POLICY).expect("toml"), &env, false).expect("policy");
+        assert_eq!(policy.issuers()[0].url, "https://login.microsoftonline.com/t2/v2.0");
+        assert_eq!(policy.issuers()[0].audiences, ["api://a", "api://b"]);
+        assert_eq!(policy.issuers()[0].accepted_iss[1], "https://sts.windows.net/t1/");
+    }
+
+    #[test]
+    fn plain_http_and_dev_issuers_are_refused_in_azure() {
+        let text = POLICY.replace("https://login.microsoftonline.com/t1/v2.0", "http://127.0.0.1:9/");
+        let problems =
+            AccessPolicy::from_toml(toml::from_str(&text).expect("toml"), &no_env, true).expect_err("refused");
+        assert!(problems[0].contains("not https"), "{problems:?}");
+        let dev = POLICY.replace(
+            "audiences = [\"api://chgate\"]",
+            "audiences = [\"api://chgate\"]\ndev = true",
+        );
+        let problems =
+            AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, true).expect_err("refused");
+        assert!(problems[0].contains("development issuer"), "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_undefined_roles_are_refused() {
+        assert!(toml::from_str::<AccessToml>(&POLICY.replace("cross_tenant", "cross_tennant")).is_err());
+        let text = POLICY.replace("role = \"admin\"", "role = \"root\"");
+        let problems =
+            AccessPolicy::from_toml(toml::from_str(&text).expect("toml"), &no_env, false).expect_err("refused");
+        assert!(problems[0].contains("\"root\""), "{problems:?}");
+    }
+}
