@@ -67,6 +67,7 @@ pub const DEFAULT_PORT: u16 = 7071;
 
 /// Result bytes held back before a response's status is committed.
 pub const DEFAULT_RESPONSE_BUFFER_BYTES: usize = 1024 * 1024;
+pub const MIN_RESPONSE_BUFFER_BYTES: usize = 16 * 1024;
 
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
@@ -90,6 +91,13 @@ impl Settings {
             })?,
             Err(_) => DEFAULT_RESPONSE_BUFFER_BYTES,
         };
+        // A buffer too small would commit nearly every status before the query could fail.
+        if response_buffer_bytes < MIN_RESPONSE_BUFFER_BYTES {
+            return Err(SettingsError::InvalidNumber {
+                name: "CHGATE_RESPONSE_BUFFER_BYTES",
+                value: format!("{response_buffer_bytes} (at least {MIN_RESPONSE_BUFFER_BYTES})"),
+            });
+        }
         let seconds = |name: &'static str, default: u64| -> Result<std::time::Duration, SettingsError> {
             match env::var(name) {
                 Ok(value) => value

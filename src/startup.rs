@@ -32,6 +32,13 @@ impl Application {
     /// configured port: the Functions host calls the handler on loopback only.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let route_prefix = route_prefix(&settings.host_json)?;
+        // Forwarded requests live under the prefix and invocation payloads at /<FunctionName>:
+        // without a prefix the two could not be told apart.
+        anyhow::ensure!(
+            !route_prefix.is_empty(),
+            "{}: extensions.http.routePrefix is empty; keep a prefix such as \"api\"",
+            settings.host_json.display()
+        );
         let policy = AccessPolicy::load(
             &settings.access_policy,
             &|name| std::env::var(name).ok(),

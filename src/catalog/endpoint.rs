@@ -21,6 +21,25 @@ pub const RESERVED_CALLER_PARAMS: [&str; 3] = ["caller_tenant", "caller_subject"
 /// Request keys with a meaning of their own, which no endpoint parameter may take.
 pub const RESERVED_REQUEST_KEYS: [&str; 1] = ["format"];
 
+/// Settings the handler sets for every query (limits, identity, output behaviour): an endpoint's
+/// SQL may not override them with a SETTINGS clause.
+pub const PROTECTED_SETTINGS: [&str; 14] = [
+    "readonly",
+    "max_execution_time",
+    "timeout_overflow_mode",
+    "max_result_rows",
+    "max_result_bytes",
+    "result_overflow_mode",
+    "max_memory_usage",
+    "priority",
+    "quota_key",
+    "log_comment",
+    "query_id",
+    "output_format_json_quote_64bit_integers",
+    "http_write_exception_in_output_format",
+    "cancel_http_readonly_queries_on_client_close",
+];
+
 /// Any HTTP answer must come within 230 s (the Azure load balancer's idle limit); a query gets
 /// at most this much of it, leaving time to send the result.
 pub const MAX_EXECUTION_TIME_CAP: Duration = Duration::from_secs(220);
@@ -524,6 +543,21 @@ fn check_sql(
             Some(*line),
             "a second SQL statement: an endpoint runs exactly one; remove everything after the first ';'",
         );
+    }
+    let has_settings_clause = scan
+        .identifiers
+        .iter()
+        .any(|word| word.eq_ignore_ascii_case("SETTINGS"));
+    for setting in PROTECTED_SETTINGS.iter().filter(|_| has_settings_clause) {
+        if scan.identifiers.contains(*setting) {
+            problems.add(
+                "query.sql",
+                None,
+                format!(
+                    "{setting} is set by the handler (from [limits] and the access policy); remove it from the query"
+                ),
+            );
+        }
     }
     if let Some((line, clause)) = &scan.output_clause {
         problems.add(

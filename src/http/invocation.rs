@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 
-use actix_web::web::{Bytes, Data, Json, Path};
+use actix_web::web::{Bytes, Data, Path, Payload};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::MAX_BODY_BYTES;
 use super::problem::ApiError;
-use super::query::{AppState, QueryRequest, start_query};
+use super::query::{AppState, QueryRequest, read_body, shorten, start_query};
 use crate::catalog::Method;
 use crate::catalog::format::OutputFormat;
 
@@ -51,23 +52,27 @@ impl HostHttpRequest {
     }
 }
 
-/// `POST /<FunctionName>` from the host.
+/// `POST /<FunctionName>` from the host. Whatever happens, the answer is a 200 envelope: the
+/// host fails an invocation whose own status is not 2xx.
 pub async fn invoke_function(
     function: Path<String>,
     request: HttpRequest,
-    payload: Json<InvocationRequest>,
+    payload: Payload,
     state: Data<AppState>,
 ) -> HttpResponse {
     let Some(endpoint) = state.catalog.by_function_name(&function) else {
-        return HttpResponse::NotFound().json(json!({"error": format!("no function named {:?}", function.as_str())}));
+        return HttpResponse::NotFound().json(json!({"error": format!("no function named {:?}", shorten(&function))}));
     };
-    let host_request: HostHttpRequest = payload
-        .into_inner()
-        .data
-        .into_iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case("req"))
-        .and_then(|(_, value)| serde_json::from_value(value).ok())
-        .unwrap_or_default();
+    let host_request = match read_body(payload, MAX_BODY_BYTES)
+        .await
+        .and_then(|body| parse_invocation(&body))
+    {
+        Ok(host_request) => host_request,
+        Err(error) => {
+            let request_id = super::request_id::request_id(&request);
+            return envelope(&request_id, Err(error));
+        }
+    };
     let request_id = invocation_request_id(&request, &host_request);
     let method = match host_request.method.to_ascii_uppercase().as_str() {
         "GET" => Some(Method::Get),
@@ -76,14 +81,21 @@ pub async fn invoke_function(
     };
     let outcome = match method.filter(|m| endpoint.methods().contains(m)) {
         None => Err(ApiError::MethodNotAllowed {
-            method: host_request.method.clone(),
+            method: shorten(&host_request.method),
             allowed: endpoint.methods().to_vec(),
         }),
         Some(method) => {
+            // Only the route's own parameters come from `Params`; anything else there is not
+            // the caller's to set through a side door.
+            let route_names: Vec<&str> = endpoint.route().param_names().collect();
+            let route_params = string_map(&host_request.params)
+                .into_iter()
+                .filter(|(name, _)| route_names.contains(&name.as_str()))
+                .collect();
             let query_request = QueryRequest {
                 endpoint,
                 method,
-                route_params: string_map(&host_request.params),
+                route_params,
                 query_pairs: string_map(&host_request.query),
                 content_type: host_request.header("content-type"),
                 body: body_bytes(host_request.body.as_ref()),
@@ -93,56 +105,73 @@ pub async fn invoke_function(
             run_whole(&state, query_request, &request_id).await
         }
     };
-    let (status, content_type, body) = match outcome {
-        Ok((format, body)) => (200, format.content_type().to_owned(), body),
+    envelope(&request_id, outcome)
+}
+
+/// The payload's `Data.req`, or why it cannot be read.
+fn parse_invocation(body: &[u8]) -> Result<HostHttpRequest, ApiError> {
+    let invocation: InvocationRequest = serde_json::from_slice(body)
+        .map_err(|error| ApiError::InvalidBody(format!("the invocation payload is not valid JSON: {error}")))?;
+    let req = invocation
+        .data
+        .into_iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case("req"))
+        .ok_or_else(|| ApiError::InvalidBody("the invocation payload has no Data.req".into()))?;
+    serde_json::from_value(req.1)
+        .map_err(|error| ApiError::InvalidBody(format!("Data.req is not an HTTP request: {error}")))
+}
+
+/// The host's response envelope: the result, or the problem with the headers the forwarded
+/// response would have had.
+fn envelope(request_id: &str, outcome: Result<(OutputFormat, String), ApiError>) -> HttpResponse {
+    let (status, mut headers, body) = match outcome {
+        Ok((format, body)) => (200, serde_json::Map::new(), (format.content_type().to_owned(), body)),
         Err(error) => {
             let status = error.status_and_code().0.as_u16();
+            let headers = error
+                .extra_headers()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), Value::String(value)))
+                .collect();
             (
                 status,
-                "application/problem+json".to_owned(),
-                error.body(&request_id).to_string(),
+                headers,
+                (
+                    "application/problem+json".to_owned(),
+                    error.body(request_id).to_string(),
+                ),
             )
         }
     };
+    headers.insert("Content-Type".into(), Value::String(body.0));
+    headers.insert("X-Request-Id".into(), Value::String(request_id.to_owned()));
     HttpResponse::Ok().json(json!({
-        "Outputs": { "res": {
-            "statusCode": status.to_string(),
-            "body": body,
-            "headers": { "Content-Type": content_type, "X-Request-Id": request_id },
-        }},
+        "Outputs": { "res": { "statusCode": status.to_string(), "body": body.1, "headers": headers } },
         "Logs": [],
         "ReturnValue": Value::Null,
     }))
 }
 
-/// Runs the query and reads the whole result: the payload carries the body as one string.
+/// Runs the query and reads the whole result: the payload carries the body as one string, so
+/// only text formats, and at most `INVOCATION_RESULT_BYTES`.
 async fn run_whole(
     state: &AppState,
     request: QueryRequest<'_>,
     request_id: &str,
 ) -> Result<(OutputFormat, String), ApiError> {
-    let max_bytes = usize::try_from(request.endpoint.limits().max_bytes).unwrap_or(usize::MAX);
-    let endpoint = request.endpoint;
-    let started = start_query(state, request, request_id, max_bytes.saturating_add(1)).await?;
+    let started = start_query(state, request, request_id, INVOCATION_RESULT_BYTES + 1, true).await?;
     if started.rest.is_some() {
-        return Err(ApiError::ResultTooLarge(format!("more than {max_bytes} bytes")));
-    }
-    if !started.format.is_text() {
-        return Err(ApiError::NotAcceptable(format!(
-            "{} is binary and cannot travel in an invocation payload; choose one of: {}",
-            started.format,
-            endpoint
-                .formats()
-                .iter()
-                .filter(|f| f.is_text())
-                .map(|f| f.name())
-                .collect::<Vec<_>>()
-                .join(", ")
+        return Err(ApiError::ResultTooLarge(format!(
+            "over {INVOCATION_RESULT_BYTES} bytes, the most an invocation payload carries; use a forwarded request"
         )));
     }
-    let body = String::from_utf8(started.head.concat()).map_err(|_| ApiError::Internal)?;
+    let body = String::from_utf8(started.head.concat())
+        .map_err(|_| ApiError::NotAcceptable("the result is not UTF-8 text; choose json, ndjson or csv".into()))?;
     Ok((started.format, body))
 }
+
+/// The largest result carried inside an invocation payload (the whole payload is held in memory).
+pub const INVOCATION_RESULT_BYTES: usize = 16 * 1024 * 1024;
 
 fn invocation_request_id(request: &HttpRequest, host_request: &HostHttpRequest) -> String {
     // The caller's id (among the forwarded request's headers) wins; then the host's

@@ -19,8 +19,6 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// payloads arrive as `POST /<FunctionName>` (function names never contain '/').
 pub fn routes(config: &mut web::ServiceConfig) {
     config
-        .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
-        .app_data(web::JsonConfig::default().limit(MAX_BODY_BYTES))
         .route("/", web::get().to(health::health_check))
         .route("/{function}", web::post().to(invocation::invoke_function))
         .default_service(web::to(query::run_query));

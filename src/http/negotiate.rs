@@ -16,7 +16,7 @@ pub fn choose_format(
             Ok(format) if offered.contains(&format) => Ok(format),
             _ => Err(format!(
                 "format {:?} is not available here; choose one of: {}",
-                truncate(name),
+                super::query::shorten(name),
                 list()
             )),
         };
@@ -40,6 +40,9 @@ pub fn choose_format(
         .collect();
     ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
     for (_, media) in ranges {
+        if media == "text/*" && offered.contains(&OutputFormat::Csv) {
+            return Ok(OutputFormat::Csv);
+        }
         if matches!(media, "*/*" | "application/*")
             && let Some(format) = default_format(offered)
         {
@@ -61,8 +64,4 @@ fn default_format(offered: &[OutputFormat]) -> Option<OutputFormat> {
     } else {
         offered.first().copied()
     }
-}
-
-fn truncate(text: &str) -> String {
-    text.chars().take(32).collect()
 }

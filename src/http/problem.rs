@@ -21,6 +21,10 @@ pub enum ApiError {
     Param(#[from] BindError),
     #[error("{0}")]
     InvalidBody(String),
+    #[error("the query string is not valid UTF-8 after percent-decoding (near {0:?}); encode text as UTF-8")]
+    InvalidEncoding(String),
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
     #[error("no endpoint at {0}")]
     NotFound(String),
     #[error("{method} is not allowed here; allowed: {}", allowed_list(.allowed))]
@@ -61,6 +65,8 @@ impl ApiError {
             Self::Param(BindError::Missing(_)) => (StatusCode::BAD_REQUEST, "missing_param"),
             Self::Param(BindError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_param"),
             Self::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            Self::InvalidEncoding(_) => (StatusCode::BAD_REQUEST, "invalid_encoding"),
+            Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::NotAcceptable(_) => (StatusCode::NOT_ACCEPTABLE, "not_acceptable"),
@@ -82,12 +88,16 @@ impl ApiError {
     /// Maps a query failure by ClickHouse's exception code.
     pub fn from_query(error: &QueryError, request_id: &str) -> Self {
         match error {
-            QueryError::Exception { code, name, .. } => match code {
+            QueryError::Exception { code, name, message } => match code {
                 159 => Self::Timeout,
                 // TOO_MANY_ROWS_OR_BYTES and the read-side TOO_MANY_ROWS / TOO_MANY_BYTES.
                 396 | 158 | 307 => Self::ResultTooLarge(name.clone()),
-                // BAD_QUERY_PARAMETER and the parse failures of a parameter's text.
-                457 | 6 | 27 | 38 | 41 | 69 | 70 | 72 | 321 | 376 => Self::ParamRejected(name.clone()),
+                457 => Self::ParamRejected(name.clone()),
+                // A parse failure is the caller's only when it concerns a query parameter; the
+                // same codes also come from table data or the SQL itself.
+                6 | 27 | 38 | 41 | 69 | 70 | 72 | 321 | 376 if message.contains("query parameter") => {
+                    Self::ParamRejected(name.clone())
+                }
                 216 => Self::DuplicateRequestId(request_id.to_owned()),
                 // Overload and credentials (for example during a password rotation): transient.
                 202 | 203 | 209 | 210 | 241 | 242 | 439 | 516 => Self::Unavailable,
@@ -98,32 +108,41 @@ impl ApiError {
         }
     }
 
-    /// The problem+json response, carrying the request id.
-    pub fn to_response(&self, request_id: &str) -> HttpResponse {
+    /// Headers the error's status calls for: `Allow` on 405, `WWW-Authenticate` on 401 (RFC
+    /// 6750, with why the token failed when one was sent), `Retry-After` on 503.
+    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::new();
         let status = self.status_and_code().0;
-        let mut response = HttpResponseBuilder::new(status);
-        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
-        response.insert_header(("X-Request-Id", request_id));
-        if let Self::MethodNotAllowed { allowed, .. } = self
-            && let Ok(value) = HeaderValue::from_str(&allowed_list(allowed))
-        {
-            response.insert_header((header::ALLOW, value));
+        if let Self::MethodNotAllowed { allowed, .. } = self {
+            headers.push(("Allow", allowed_list(allowed)));
         }
-        // RFC 6750: a 401 says how to authenticate, and why the token failed when one was sent.
         if status == StatusCode::UNAUTHORIZED {
-            let challenge = match self {
-                Self::Token(TokenError::Missing) => r#"Bearer realm="chgate""#.to_owned(),
-                other => format!(
-                    r#"Bearer realm="chgate", error="invalid_token", error_description="{}""#,
-                    other.to_string().replace(['"', '\\'], "'")
-                ),
-            };
-            if let Ok(value) = HeaderValue::from_str(&challenge) {
-                response.insert_header((header::WWW_AUTHENTICATE, value));
-            }
+            headers.push((
+                "WWW-Authenticate",
+                match self {
+                    Self::Token(TokenError::Missing) => r#"Bearer realm="chgate""#.to_owned(),
+                    other => format!(
+                        r#"Bearer realm="chgate", error="invalid_token", error_description="{}""#,
+                        other.to_string().replace(['"', '\\'], "'")
+                    ),
+                },
+            ));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string()));
+            headers.push(("Retry-After", RETRY_AFTER_SECONDS.to_string()));
+        }
+        headers
+    }
+
+    /// The problem+json response, carrying the request id.
+    pub fn to_response(&self, request_id: &str) -> HttpResponse {
+        let mut response = HttpResponseBuilder::new(self.status_and_code().0);
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        response.insert_header(("X-Request-Id", request_id));
+        for (name, value) in self.extra_headers() {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.insert_header((name, value));
+            }
         }
         response.body(self.body(request_id).to_string())
     }
@@ -150,9 +169,6 @@ impl ApiError {
                 body["expected"] = json!(error.expected());
                 body["problem"] = json!(error.problem());
             }
-        }
-        if let Self::NotAcceptable(_) = self {
-            body["detail"] = json!(self.to_string());
         }
         body
     }

@@ -4,8 +4,9 @@
 //! the result so that a failure early in the result still gets an honest status.
 
 use actix_web::http::header;
-use actix_web::web::{Bytes, Data};
+use actix_web::web::{Bytes, BytesMut, Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
 use futures_util::stream;
 
 use super::negotiate::choose_format;
@@ -57,6 +58,7 @@ pub async fn start_query(
     mut request: QueryRequest<'_>,
     request_id: &str,
     buffer_limit: usize,
+    text_only: bool,
 ) -> Result<Started, ApiError> {
     let endpoint = request.endpoint;
     // Who is calling comes first: a caller without a valid token learns nothing else.
@@ -67,6 +69,18 @@ pub async fn start_query(
     let format_param = take_format(&mut request.query_pairs)?;
     let format =
         choose_format(endpoint, format_param.as_deref(), request.accept.as_deref()).map_err(ApiError::NotAcceptable)?;
+    if text_only && !format.is_text() {
+        let text: Vec<&str> = endpoint
+            .formats()
+            .iter()
+            .filter(|f| f.is_text())
+            .map(|f| f.name())
+            .collect();
+        return Err(ApiError::NotAcceptable(format!(
+            "{format} is binary and cannot travel in an invocation payload; choose one of: {}",
+            text.join(", ")
+        )));
+    }
     let values = request_values(&request)?;
     let params = bind(endpoint, &request.route_params, &values)?;
     tracing::info!(
@@ -113,6 +127,19 @@ fn query_failure(error: &crate::query::QueryError, endpoint: &Endpoint, request_
     api_error
 }
 
+/// Reads a request body up to `limit` bytes; more is refused (and not read further).
+pub async fn read_body(mut payload: Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::InvalidBody("the request body could not be read".into()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// The token of an `Authorization: Bearer <token>` header.
 fn bearer_token(authorization: Option<&str>) -> Option<&str> {
     let (scheme, token) = authorization?.trim().split_once(' ')?;
@@ -154,7 +181,7 @@ fn request_values(request: &QueryRequest<'_>) -> Result<RequestValues, ApiError>
             if let Some((key, _)) = request.query_pairs.first() {
                 return Err(ApiError::InvalidBody(format!(
                     "with POST, parameters go in the JSON body; move `{}` out of the query string",
-                    truncate(key)
+                    shorten(key)
                 )));
             }
             if request.body.iter().all(u8::is_ascii_whitespace) {
@@ -180,13 +207,13 @@ fn request_values(request: &QueryRequest<'_>) -> Result<RequestValues, ApiError>
     }
 }
 
-fn truncate(text: &str) -> String {
-    text.chars().take(64).collect()
-}
-
 /// The handler for forwarded requests: `/<routePrefix>/<route>`.
-pub async fn run_query(request: HttpRequest, body: Bytes, state: Data<AppState>) -> HttpResponse {
+pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppState>) -> HttpResponse {
     let request_id = request_id(&request);
+    let body = match read_body(payload, super::MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(error) => return error.to_response(&request_id),
+    };
     let prefix = state.catalog.route_prefix();
     let path = request.path().trim_start_matches('/');
     let below_prefix = if prefix.is_empty() {
@@ -196,7 +223,7 @@ pub async fn run_query(request: HttpRequest, body: Bytes, state: Data<AppState>)
             .filter(|rest| rest.is_empty() || rest.starts_with('/'))
     };
     let Some(route_path) = below_prefix else {
-        return ApiError::NotFound(request.path().to_owned()).to_response(&request_id);
+        return ApiError::NotFound(shorten(request.path())).to_response(&request_id);
     };
     let method = match *request.method() {
         actix_web::http::Method::GET => Some(Method::Get),
@@ -213,13 +240,13 @@ pub async fn run_query(request: HttpRequest, body: Bytes, state: Data<AppState>)
             .to_response(&request_id);
         }
         Some(RouteMatch::NotFound) => {
-            return ApiError::NotFound(request.path().to_owned()).to_response(&request_id);
+            return ApiError::NotFound(shorten(request.path())).to_response(&request_id);
         }
         None => {
             // Not GET or POST: a 405 if the path exists for any method, else a 404.
             return match state.catalog.match_route(route_path, Method::Get) {
                 RouteMatch::NotFound => match state.catalog.match_route(route_path, Method::Post) {
-                    RouteMatch::NotFound => ApiError::NotFound(request.path().to_owned()),
+                    RouteMatch::NotFound => ApiError::NotFound(shorten(request.path())),
                     RouteMatch::Found { endpoint, .. } => method_not_allowed(&request, endpoint.methods().to_vec()),
                     RouteMatch::MethodNotAllowed(allowed) => method_not_allowed(&request, allowed),
                 },
@@ -233,13 +260,16 @@ pub async fn run_query(request: HttpRequest, body: Bytes, state: Data<AppState>)
         endpoint,
         method: method.unwrap_or(Method::Get),
         route_params: decode_route_params(route_params),
-        query_pairs: query_pairs(request.query_string()),
+        query_pairs: match query_pairs(request.query_string()) {
+            Ok(pairs) => pairs,
+            Err(error) => return error.to_response(&request_id),
+        },
         content_type: header_text(&request, header::CONTENT_TYPE.as_str()),
         body,
         accept: header_text(&request, header::ACCEPT.as_str()),
         authorization: header_text(&request, header::AUTHORIZATION.as_str()),
     };
-    match start_query(&state, query_request, &request_id, state.response_buffer_bytes).await {
+    match start_query(&state, query_request, &request_id, state.response_buffer_bytes, false).await {
         Ok(started) => stream_response(started, request_id, endpoint.name().to_owned()),
         Err(error) => error.to_response(&request_id),
     }
@@ -260,12 +290,34 @@ fn header_text(request: &HttpRequest, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Query-string pairs, percent-decoded (`+` as space), keys repeated as often as sent.
-/// Invalid UTF-8 is replaced rather than refused: the parameter's parser then judges the text.
-pub fn query_pairs(query: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(query.as_bytes())
-        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+/// Query-string pairs, percent-decoded (`+` as space), keys repeated as often as sent. Bytes
+/// that are not UTF-8 are refused: silently replacing them would change the caller's value.
+pub fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |part: &str| -> Result<String, ApiError> {
+        let spaced = part.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8()
+            .map(|text| text.into_owned())
+            .map_err(|_| ApiError::InvalidEncoding(shorten(part)))
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(key)?, decode(value)?))
+        })
         .collect()
+}
+
+/// Caller-provided text echoed in an error is cut short.
+pub fn shorten(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(MAX).collect::<String>())
+    }
 }
 
 fn decode_route_params(params: Vec<(String, String)>) -> Vec<(String, String)> {

@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// ClickHouse answered with an exception.
-    #[error("clickhouse exception {code} ({name})")]
+    #[error("clickhouse exception {code} ({name}): {message}")]
     Exception { code: u32, name: String, message: String },
     /// ClickHouse could not be reached, or the connection broke.
     #[error("clickhouse unreachable: {0}")]
@@ -14,21 +14,19 @@ pub enum QueryError {
     Other(String),
 }
 
-impl QueryError {
-    /// The ClickHouse exception code, when there is one.
-    pub fn code(&self) -> Option<u32> {
-        match self {
-            Self::Exception { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
-
 impl From<clickhouse::error::Error> for QueryError {
     fn from(error: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error;
         match error {
-            Error::BadResponse(text) => parse_exception(&text).unwrap_or(Self::Other(text)),
+            Error::BadResponse(text) => parse_exception(&text).unwrap_or_else(|| {
+                // No exception: an HTTP status from something in front of ClickHouse. A
+                // gateway error or an overloaded proxy is unavailability, not a failed query.
+                if ["502", "503", "504"].iter().any(|status| text.starts_with(status)) {
+                    Self::Unavailable(text)
+                } else {
+                    Self::Other(text)
+                }
+            }),
             Error::Network(source) => Self::Unavailable(source.to_string()),
             Error::TimedOut => Self::Unavailable("timed out".into()),
             other => Self::Other(other.to_string()),

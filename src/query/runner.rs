@@ -117,7 +117,12 @@ impl QueryRunner {
             .with_setting("result_overflow_mode", "throw")
             // The API's JSON must not change with the server's version: 64-bit integers are
             // numbers (ClickHouse's default from 25.x on; older servers quoted them).
-            .with_setting("output_format_json_quote_64bit_integers", "0");
+            .with_setting("output_format_json_quote_64bit_integers", "0")
+            // A failure after the first bytes must stay detectable: never written as a valid
+            // part of the output format (a JSON "exception" key would look like a result).
+            .with_setting("http_write_exception_in_output_format", "0")
+            // A caller who hangs up must not leave the query running.
+            .with_setting("cancel_http_readonly_queries_on_client_close", "1");
         if let Some(tenant) = grant.tenant() {
             query = query.with_setting("quota_key", tenant);
         }

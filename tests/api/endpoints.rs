@@ -363,10 +363,22 @@ async fn clickhouse_receives_the_request_id_limits_and_typed_parameters_not_sql_
     assert_eq!(response.status(), 200);
     let sent = String::from_utf8_lossy(&proxy.sent.lock().expect("capture")).into_owned();
     assert!(sent.contains("query_id=req-abc-123"), "the request id is the query_id");
-    assert!(
-        sent.contains("readonly=2") && sent.contains("max_execution_time=30"),
-        "limits are sent as settings"
-    );
+    for setting in [
+        "readonly=2",
+        "max_execution_time=30",
+        "timeout_overflow_mode=throw",
+        "max_result_rows=100000",
+        "max_result_bytes=104857600",
+        "result_overflow_mode=throw",
+        "output_format_json_quote_64bit_integers=0",
+        "http_write_exception_in_output_format=0",
+        "cancel_http_readonly_queries_on_client_close=1",
+        "quota_key=acme",
+        "log_comment=",
+    ] {
+        assert!(sent.contains(setting), "{setting} is sent");
+    }
+    assert!(!sent.contains(&app.token), "the token never reaches ClickHouse");
     assert!(sent.contains("WHERE path = {path:String}"), "the SQL goes as written");
     assert!(
         sent.contains("name=\"param_path\""),
@@ -397,4 +409,38 @@ async fn the_request_id_is_taken_from_the_caller_and_returned() {
         response.headers()["x-request-id"],
         "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
     );
+}
+
+#[tokio::test]
+async fn a_data_error_inside_the_query_is_a_server_failure_not_the_callers() {
+    let app = spawn_app().await;
+    let body = problem(app.get("bad-data", &[]).await, 500).await;
+    assert_eq!(body["code"], "query_failed");
+}
+
+#[tokio::test]
+async fn query_strings_that_are_not_utf8_are_refused_not_mangled() {
+    let app = spawn_app().await;
+    let response = app
+        .api_client
+        .get(format!("{}/api/echo?s=%FF%FE", app.address))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(problem(response, 400).await["code"], "invalid_encoding");
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_problem() {
+    let app = spawn_app().await;
+    let response = app
+        .api_client
+        .post(format!("{}/api/echo", app.address))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 * 1024 * 1024])
+        .send()
+        .await
+        .expect("post");
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(problem(response, 413).await["code"], "body_too_large");
 }

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with};
 
 /// The host forwards the caller's headers, Authorization included.
 fn with_token(token: &str, headers: Value) -> Value {
@@ -137,19 +137,68 @@ async fn binary_formats_are_refused_in_invocation_mode() {
 
 #[tokio::test]
 async fn forwarded_requests_use_the_route_prefix_from_host_json() {
-    let app = spawn_app().await;
-    let outside = app
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let app = spawn_app_with(|settings| settings.host_json = fixtures.join("host-data-prefix.json")).await;
+    let inside = app
         .api_client
-        .get(format!("{}/echo", app.address))
+        .get(format!("{}/data/echo", app.address))
         .send()
         .await
         .expect("get");
-    assert_eq!(outside.status(), 404, "routes live under /api/");
-    let inside = app
+    assert_eq!(inside.status(), 200, "routes live under the prefix host.json names");
+    let default_prefix = app
         .api_client
         .get(format!("{}/api/echo", app.address))
         .send()
         .await
         .expect("get");
-    assert_eq!(inside.status(), 200);
+    assert_eq!(default_prefix.status(), 404);
+}
+
+#[tokio::test]
+async fn a_malformed_invocation_still_gets_a_200_envelope() {
+    let app = spawn_app().await;
+    for payload in ["{not json", "{\"Data\": {}}", "{\"Data\": {\"req\": 5}}"] {
+        let response = app
+            .api_client
+            .post(format!("{}/echo", app.address))
+            .header("content-type", "application/json")
+            .body(payload)
+            .send()
+            .await
+            .expect("invocation");
+        assert_eq!(response.status(), 200, "{payload}");
+        let envelope: Value = response.json().await.expect("json");
+        assert_eq!(envelope["Outputs"]["res"]["statusCode"], "400", "{payload}");
+    }
+}
+
+#[tokio::test]
+async fn invocation_errors_keep_their_headers_and_params_cannot_smuggle_values() {
+    let app = spawn_app().await;
+    let envelope: Value = app
+        .api_client
+        .post(format!("{}/numbers", app.address))
+        .json(&invocation(&app.token, "POST", json!({}), json!({}), None))
+        .send()
+        .await
+        .expect("invocation")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(envelope["Outputs"]["res"]["statusCode"], "405");
+    assert_eq!(envelope["Outputs"]["res"]["headers"]["Allow"], "GET");
+
+    let mut payload = invocation(&app.token, "GET", json!({}), json!({}), None);
+    payload["Data"]["req"]["Params"] = json!({"n": "7"});
+    let response = app
+        .api_client
+        .post(format!("{}/echo", app.address))
+        .json(&payload)
+        .send()
+        .await
+        .expect("call");
+    let envelope: Value = response.json().await.expect("json");
+    let body: Value = serde_json::from_str(envelope["Outputs"]["res"]["body"].as_str().expect("body")).expect("json");
+    assert_eq!(body["data"][0]["n"], 0, "Params binds route parameters only");
 }

@@ -556,10 +556,18 @@ class FrontHandler(BaseHTTPRequestHandler):
                         "written_rows": result.rows_written(), "written_bytes": result.bytes_written(),
                         "read_rows": result.rows_read(), "read_bytes": result.bytes_read()})
             finally:
+                # Each reset on its own: one failing must neither hide the request's error nor
+                # leave the remaining settings for the next request.
                 for name in applied:
-                    self.engine.session.query(f"SET {name} = DEFAULT")
+                    try:
+                        self.engine.session.query(f"SET {name} = DEFAULT")
+                    except Exception as exc:  # noqa: BLE001
+                        print(f"front: cannot reset setting {name}: {exc}", file=sys.stderr)
                 if database:
-                    self.engine.session.query("USE default")
+                    try:
+                        self.engine.session.query("USE default")
+                    except Exception as exc:  # noqa: BLE001
+                        print(f"front: cannot return to database default: {exc}", file=sys.stderr)
 
     def read_body(self, request):
         data = request.body.read_all()

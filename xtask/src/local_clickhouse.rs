@@ -154,11 +154,18 @@ impl LocalClickHouse {
         Ok(())
     }
 
-    /// The pid of a running front, from the pid file.
+    /// The pid of a running front of this checkout, from the pid file. A stale pid file (after
+    /// a reboot, or copied with the folder) may name another process: only a process running
+    /// this checkout's front.py counts.
     pub fn running_pid(&self) -> Option<Pid> {
         let pid: i32 = fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let script = self.front_script();
+        let ours = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| Path::new(std::str::from_utf8(arg).unwrap_or("")) == script);
         let pid = Pid::from_raw(pid);
-        is_alive(pid).then_some(pid)
+        (ours && is_alive(pid)).then_some(pid)
     }
 
     /// Whether the server answers `/ping`.
