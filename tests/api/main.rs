@@ -1,6 +1,7 @@
 //! The integration tests: one binary, against the real services `cargo xtask test` starts
 //! (the ClickHouse engine behind its HTTP front, or the server named by `CLICKHOUSE_URL`).
 
+mod access;
 mod catalog;
 mod clickhouse_front;
 mod endpoints;

@@ -97,9 +97,16 @@ impl DevKey {
         Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
     }
 
-    /// Signs with a caller-made header (for tests of what verification refuses).
-    pub fn sign_with_header(&self, header: &Header, claims: &Value) -> anyhow::Result<String> {
-        Ok(jsonwebtoken::encode(header, claims, &self.encoding)?)
+    /// Signs `claims` under any header JSON (ES256), for tests of what verification refuses:
+    /// the signature is valid, so a refusal is the verifier's judgement of the header.
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> anyhow::Result<String> {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(header)?),
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?)
+        );
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, Algorithm::ES256)?;
+        Ok(format!("{message}.{signature}"))
     }
 }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::process::Command;
 use xtask::connection::Connection;
 use xtask::local_clickhouse::LocalClickHouse;
+use xtask::oidc_provider::{self, OidcProvider};
 use xtask::{repo_root, sample};
 
 #[derive(Debug, Parser)]
@@ -222,15 +223,20 @@ async fn seed_events(connection: &Connection, table: &str, rows: u64, seed: u64)
 }
 
 async fn run_tests(connection: &Connection, args: &[String]) -> anyhow::Result<ExitCode> {
+    // A certified OpenID provider for the interop tests.
+    let provider = OidcProvider::start(&oidc_provider::test_clients()).await?;
+    println!("OpenID provider at {}", provider.issuer());
     let status = Command::new(env!("CARGO"))
         .current_dir(repo_root())
         .args(["test", "--workspace"])
         .args(args)
         .envs(connection.env())
+        .envs(provider.env())
         .status()
         .await
-        .context("running cargo test")?;
-    Ok(if status.success() {
+        .context("running cargo test");
+    provider.stop().await?;
+    Ok(if status?.success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

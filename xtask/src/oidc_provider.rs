@@ -30,6 +30,9 @@ pub const DEFAULT_PORT: u16 = 18124;
 /// `aud` claim of its access tokens.
 pub const AUDIENCE: &str = "api://chgate";
 
+/// Another API's audience the provider also issues tokens for.
+pub const OTHER_AUDIENCE: &str = "api://another-api";
+
 /// How long the provider gets to answer its discovery document after starting.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop` waits after SIGTERM before SIGKILL.
@@ -120,7 +123,8 @@ impl OidcProvider {
             .arg(&script)
             .current_dir(&dir)
             .env("OIDC_PORT", port.to_string())
-            .env("OIDC_AUDIENCES", AUDIENCE)
+            // A second audience, so tests can show tokens meant for another API are refused.
+            .env("OIDC_AUDIENCES", format!("{AUDIENCE},{OTHER_AUDIENCE}"))
             .env("OIDC_CLIENTS", clients_json(clients)?)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
