@@ -49,6 +49,9 @@ pub struct TenantToml {
     /// Optional mapping of claim values to tenant ids; when present, unmapped values give no
     /// tenant.
     pub values: Option<BTreeMap<String, String>>,
+    /// A ClickHouse custom setting (`SQL_…`) the handler sets to the caller's tenant on every
+    /// tenant-scoped query, for a row policy to filter by (docs/security.md).
+    pub clickhouse_setting: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -126,6 +129,7 @@ pub struct AccessPolicy {
     issuers: Vec<Issuer>,
     tenant_claim: String,
     tenant_values: Option<BTreeMap<String, String>>,
+    tenant_setting: Option<String>,
     tenant_scoped_tables: Vec<String>,
     roles: BTreeMap<String, Role>,
     grants: Vec<GrantToml>,
@@ -262,6 +266,13 @@ impl AccessPolicy {
                 ));
             }
         }
+        if let Some(setting) = &toml.tenant.clickhouse_setting
+            && (!setting.starts_with("SQL_") || !setting.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            problems.push(format!(
+                "tenant.clickhouse_setting {setting:?} must be a custom setting: SQL_ followed by letters, digits and _"
+            ));
+        }
         if toml.tenant.claim.trim().is_empty() {
             problems.push("tenant.claim is empty; name the claim that holds the tenant".into());
         }
@@ -272,6 +283,7 @@ impl AccessPolicy {
             issuers,
             tenant_claim: toml.tenant.claim,
             tenant_values: toml.tenant.values,
+            tenant_setting: toml.tenant.clickhouse_setting,
             tenant_scoped_tables: toml.tables.tenant_scoped,
             roles,
             grants: toml.grants,
@@ -293,6 +305,10 @@ impl AccessPolicy {
     pub fn tenant_claim(&self) -> &str {
         &self.tenant_claim
     }
+    /// The custom setting carrying the tenant to ClickHouse, if configured.
+    pub fn tenant_setting(&self) -> Option<&str> {
+        self.tenant_setting.as_deref()
+    }
     pub fn grants(&self) -> &[GrantToml] {
         &self.grants
     }
@@ -308,6 +324,7 @@ impl AccessPolicy {
                 .map(|r| r.name.clone())
                 .collect(),
             tenant_scoped_tables: self.tenant_scoped_tables.clone(),
+            protected_settings: self.tenant_setting.iter().cloned().collect(),
         }
     }
 

@@ -666,6 +666,16 @@ fn check_access(
             );
         }
     }
+    let identifiers = sql::scan(sql_text).identifiers;
+    for setting in &rules.protected_settings {
+        if identifiers.contains(setting) {
+            problems.add(
+                "query.sql",
+                None,
+                format!("{setting} carries the caller's tenant and is set by the handler only; remove it"),
+            );
+        }
+    }
     if caller_params.contains(&"caller_tenant") {
         return;
     }
@@ -677,7 +687,6 @@ fn check_access(
     if all_cross_tenant {
         return;
     }
-    let identifiers = sql::scan(sql_text).identifiers;
     for table in &rules.tenant_scoped_tables {
         if identifiers.contains(table) {
             problems.add(

@@ -22,6 +22,8 @@ pub struct QueryRunner {
     client: Client,
     /// Clients of roles that have a ClickHouse user of their own, so ClickHouse's grants apply.
     role_clients: HashMap<String, Client>,
+    /// The custom setting that carries the tenant for a ClickHouse row policy, if configured.
+    tenant_setting: Option<String>,
 }
 
 impl std::fmt::Debug for QueryRunner {
@@ -68,6 +70,7 @@ impl QueryRunner {
         Self {
             client: client(&settings.user, &settings.password),
             role_clients,
+            tenant_setting: policy.tenant_setting().map(str::to_owned),
         }
     }
 
@@ -125,6 +128,9 @@ impl QueryRunner {
             .with_setting("cancel_http_readonly_queries_on_client_close", "1");
         if let Some(tenant) = grant.tenant() {
             query = query.with_setting("quota_key", tenant);
+            if let Some(setting) = &self.tenant_setting {
+                query = query.with_setting(setting.clone(), tenant);
+            }
         }
         if let Some(memory) = role.max_memory_usage {
             query = query.with_setting("max_memory_usage", memory.to_string());

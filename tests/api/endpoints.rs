@@ -351,7 +351,17 @@ async fn clickhouse_down_is_503_with_retry_after_and_service_resumes_when_it_ret
 async fn clickhouse_receives_the_request_id_limits_and_typed_parameters_not_sql_values() {
     let proxy = TcpProxy::start(&clickhouse_address()).await;
     let port = proxy.port;
-    let app = spawn_app_with(|settings| settings.clickhouse.url = format!("http://127.0.0.1:{port}")).await;
+    let app = spawn_app_with(|settings| {
+        settings.clickhouse.url = format!("http://127.0.0.1:{port}");
+        // With the row-policy backstop on: the tenant also travels as a custom setting.
+        let policy = std::fs::read_to_string(&settings.access_policy).expect("policy");
+        let policy = policy.replace(
+            "claim = \"tid\"",
+            "claim = \"tid\"\nclickhouse_setting = \"SQL_chgate_tenant\"",
+        );
+        std::fs::write(&settings.access_policy, policy).expect("policy");
+    })
+    .await;
     app.seed_events(100).await;
     let response = app
         .api_client
@@ -374,6 +384,7 @@ async fn clickhouse_receives_the_request_id_limits_and_typed_parameters_not_sql_
         "http_write_exception_in_output_format=0",
         "cancel_http_readonly_queries_on_client_close=1",
         "quota_key=acme",
+        "SQL_chgate_tenant=acme",
         "log_comment=",
     ] {
         assert!(sent.contains(setting), "{setting} is sent");

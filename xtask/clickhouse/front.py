@@ -541,6 +541,10 @@ class FrontHandler(BaseHTTPRequestHandler):
                 if database:
                     self.engine.session.query(f"USE {quote_identifier(database)}")
                 for name, value in settings.items():
+                    if name.startswith("SQL_"):
+                        # A server's custom settings (custom_settings_prefixes): accepted, but
+                        # the embedded engine has no such prefix, so they are not applied.
+                        continue
                     self.engine.session.query(f"SET {name} = {sql_string(value)}")
                     applied.append(name)
                 if keyword == "SET":

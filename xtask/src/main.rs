@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::process::Command;
 use xtask::connection::Connection;
+use xtask::dev_issuer::{self, DevIssuer, DevKey};
 use xtask::local_clickhouse::LocalClickHouse;
 use xtask::oidc_provider::{self, OidcProvider};
 use xtask::{repo_root, sample};
@@ -47,6 +48,16 @@ enum Task {
         /// Concurrency levels.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
         concurrency: Vec<usize>,
+    },
+    /// Print an access token from the development issuer, for curl: roles are granted the way
+    /// access.toml says (the first grant rule of the role).
+    Token {
+        #[arg(long, default_value = "analyst")]
+        role: String,
+        #[arg(long, default_value = "acme")]
+        tenant: String,
+        #[arg(long, default_value = "dev-user")]
+        subject: String,
     },
     /// Load deterministic sample analytics data into the events table (replacing its rows).
     Seed {
@@ -141,6 +152,12 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
                 local.stop().await?;
             }
             return outcome;
+        }
+        Task::Token { role, tenant, subject } => {
+            let key = DevKey::load_or_create(&dev_key_dir())?;
+            let extra = role_claims(&role, &tenant)?;
+            let issuer = format!("http://127.0.0.1:{}", dev_issuer::DEFAULT_PORT);
+            println!("{}", key.sign(&dev_issuer::claims(&issuer, &subject, extra))?);
         }
         Task::Bench { seconds, concurrency } => {
             let (connection, started) = clickhouse(&local).await?;
@@ -259,8 +276,63 @@ async fn ensure_sample_data(connection: &Connection, rows: u64) -> anyhow::Resul
     }
 }
 
+/// Where the development issuer keeps its key (git-ignored).
+fn dev_key_dir() -> std::path::PathBuf {
+    repo_root().join(".local/dev-issuer")
+}
+
+/// Claims that grant `role` under access.toml (its first grant rule), with the tenant claim.
+fn role_claims(role: &str, tenant: &str) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(repo_root().join("access.toml")).context("reading access.toml")?;
+    let policy: toml::Value = toml::from_str(&text).context("parsing access.toml")?;
+    let grant = policy
+        .get("grants")
+        .and_then(|grants| grants.as_array())
+        .and_then(|grants| {
+            grants
+                .iter()
+                .find(|grant| grant.get("role").and_then(|r| r.as_str()) == Some(role))
+        })
+        .with_context(|| format!("access.toml grants role {role:?} by no claim"))?;
+    let claim = grant
+        .get("claim")
+        .and_then(|c| c.as_str())
+        .context("grant without claim")?;
+    let value = grant
+        .get("any_of")
+        .and_then(|values| values.as_array())
+        .and_then(|values| values.first())
+        .and_then(|v| v.as_str())
+        .context("grant without any_of")?;
+    let tenant_claim = policy
+        .get("tenant")
+        .and_then(|t| t.get("claim"))
+        .and_then(|c| c.as_str())
+        .unwrap_or("tid");
+    let mut claims = serde_json::Map::new();
+    // Scopes travel as one space-separated string, other claims as arrays.
+    let granted = if claim == "scp" || claim == "scope" {
+        serde_json::json!(value)
+    } else {
+        serde_json::json!([value])
+    };
+    claims.insert(claim.to_owned(), granted);
+    claims.insert(tenant_claim.to_owned(), serde_json::json!(tenant));
+    Ok(serde_json::Value::Object(claims))
+}
+
 async fn run_dev(connection: &Connection, rows: u64) -> anyhow::Result<ExitCode> {
     ensure_sample_data(connection, rows).await?;
+    let issuer = DevIssuer::start(dev_issuer::DEFAULT_PORT, DevKey::load_or_create(&dev_key_dir())?).await?;
+    println!(
+        "Development token issuer at {} (an analyst of acme: cargo xtask token)",
+        issuer.url()
+    );
+    println!(
+        "Try: curl -H \"Authorization: Bearer $(cargo xtask token)\" \\\n  \
+         'http://127.0.0.1:7071/api/v1/kpi?from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z'"
+    );
+
     let port = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT").unwrap_or_else(|_| "7071".to_owned());
     println!("Starting the handler on http://127.0.0.1:{port} (Ctrl-C stops everything)");
     let mut handler = Command::new(env!("CARGO"))
