@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
 use crate::connection::Connection;
+use crate::dev_issuer::{self, DevIssuer, DevKey};
 use crate::repo_root;
 
 /// One query, as an endpoint and as the SQL it runs.
@@ -17,6 +18,8 @@ struct Case {
     label: &'static str,
     endpoint: &'static str,
     route: &'static str,
+    /// The caller's tenant (from the token; the direct query gets it as caller_tenant).
+    tenant: &'static str,
     params: &'static [(&'static str, &'static str)],
 }
 
@@ -25,18 +28,15 @@ const CASES: &[Case] = &[
         label: "kpi, small tenant",
         endpoint: "kpi",
         route: "v1/kpi",
-        params: &[
-            ("tenant", "piedpiper"),
-            ("from", "2026-11-01 00:00:00"),
-            ("to", "2026-12-01 00:00:00"),
-        ],
+        tenant: "piedpiper",
+        params: &[("from", "2026-11-01 00:00:00"), ("to", "2026-12-01 00:00:00")],
     },
     Case {
         label: "top pages, largest tenant",
         endpoint: "top_pages",
         route: "v1/top-pages",
+        tenant: "acme",
         params: &[
-            ("tenant", "acme"),
             ("from", "2026-09-01 00:00:00"),
             ("to", "2026-12-01 00:00:00"),
             ("limit", "10"),
@@ -72,9 +72,16 @@ pub async fn run(connection: &Connection, duration: Duration, levels: &[usize]) 
         bail!("building the handler failed");
     }
     let port = free_port()?;
+    // The handler trusts access.toml's development issuer: serve it, and sign callers' tokens.
+    let issuer = DevIssuer::start(
+        dev_issuer::DEFAULT_PORT,
+        DevKey::load_or_create(&root.join(".local/dev-issuer"))?,
+    )
+    .await?;
     let mut handler = start_handler(&root, connection, port).await?;
-    let outcome = measure(connection, port, duration, levels).await;
+    let outcome = measure(connection, port, duration, levels, &issuer).await;
     let _ = handler.kill().await;
+    issuer.stop().await;
     outcome
 }
 
@@ -104,7 +111,13 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn measure(connection: &Connection, port: u16, duration: Duration, levels: &[usize]) -> anyhow::Result<()> {
+async fn measure(
+    connection: &Connection,
+    port: u16,
+    duration: Duration,
+    levels: &[usize],
+    issuer: &DevIssuer,
+) -> anyhow::Result<()> {
     let root = repo_root();
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
     let clickhouse = connection.client();
@@ -118,25 +131,28 @@ async fn measure(connection: &Connection, port: u16, duration: Duration, levels:
         "query", "conc", "direct50", "direct99", "rps", "gate50", "gate99", "rps", "p50 ×", "p99 ×", "rps ×"
     );
     for case in CASES {
-        let sql = std::fs::read_to_string(root.join("functions").join(case.endpoint).join("query.sql"))?;
-        let url = format!("http://127.0.0.1:{port}/api/{}", case.route);
+        let sql = Arc::new(std::fs::read_to_string(
+            root.join("functions").join(case.endpoint).join("query.sql"),
+        )?);
+        let url = Arc::new(format!("http://127.0.0.1:{port}/api/{}", case.route));
+        let token = Arc::new(analyst_token(issuer, case.tenant)?);
         // One warm-up request each, which also proves both paths answer.
-        direct_once(&clickhouse, &sql, case.params).await?;
-        gateway_once(&http, &url, case.params).await?;
+        direct_once(&clickhouse, &sql, case).await?;
+        gateway_once(&http, &url, &token, case.params, 200).await?;
         for &concurrency in levels {
             let direct = drive(concurrency, duration, {
-                let (clickhouse, sql) = (clickhouse.clone(), Arc::new(sql.clone()));
+                let (clickhouse, sql) = (clickhouse.clone(), sql.clone());
                 move || {
                     let (clickhouse, sql) = (clickhouse.clone(), sql.clone());
-                    async move { direct_once(&clickhouse, &sql, case.params).await }
+                    async move { direct_once(&clickhouse, &sql, case).await }
                 }
             })
             .await?;
             let gateway = drive(concurrency, duration, {
-                let (http, url) = (http.clone(), Arc::new(url.clone()));
+                let (http, url, token) = (http.clone(), url.clone(), token.clone());
                 move || {
-                    let (http, url) = (http.clone(), url.clone());
-                    async move { gateway_once(&http, &url, case.params).await }
+                    let (http, url, token) = (http.clone(), url.clone(), token.clone());
+                    async move { gateway_once(&http, &url, &token, case.params, 200).await }
                 }
             })
             .await?;
@@ -157,13 +173,69 @@ async fn measure(connection: &Connection, port: u16, duration: Duration, levels:
         }
     }
     println!("× columns: through the handler divided by direct (latency: lower is better; rps: higher is better)");
+    auth_cost(&http, port, duration, levels, issuer).await
+}
+
+/// The cost of verifying a token end to end, without ClickHouse: requests that stop at
+/// routing (an unknown path: no token work) against requests that stop after verification
+/// and the role check (a valid token for an endpoint its role may not call).
+async fn auth_cost(
+    http: &reqwest::Client,
+    port: u16,
+    duration: Duration,
+    levels: &[usize],
+    issuer: &DevIssuer,
+) -> anyhow::Result<()> {
+    let token = Arc::new(analyst_token(issuer, "acme")?);
+    let unknown = Arc::new(format!("http://127.0.0.1:{port}/api/no/such/endpoint"));
+    let refused = Arc::new(format!("http://127.0.0.1:{port}/api/v1/internal/tenants"));
+    println!("\nAuth cost (no ClickHouse involved)");
+    println!(
+        "{:>4} | {:>12} {:>8} | {:>12} {:>8} | {:>14}",
+        "conc", "route µs p50", "rps", "verify µs p50", "rps", "auth µs/request"
+    );
+    for &concurrency in levels {
+        let route_only = drive(concurrency, duration, {
+            let (http, url, token) = (http.clone(), unknown.clone(), token.clone());
+            move || {
+                let (http, url, token) = (http.clone(), url.clone(), token.clone());
+                async move { gateway_once(&http, &url, &token, &[], 404).await }
+            }
+        })
+        .await?;
+        let verified = drive(concurrency, duration, {
+            let (http, url, token) = (http.clone(), refused.clone(), token.clone());
+            move || {
+                let (http, url, token) = (http.clone(), url.clone(), token.clone());
+                async move { gateway_once(&http, &url, &token, &[], 403).await }
+            }
+        })
+        .await?;
+        let (route_us, verify_us) = (route_only.percentile(0.5) * 1000.0, verified.percentile(0.5) * 1000.0);
+        println!(
+            "{:>4} | {:>12.0} {:>8.0} | {:>12.0} {:>8.0} | {:>14.0}",
+            concurrency,
+            route_us,
+            route_only.rps(),
+            verify_us,
+            verified.rps(),
+            verify_us - route_us
+        );
+    }
     Ok(())
 }
 
+fn analyst_token(issuer: &DevIssuer, tenant: &str) -> anyhow::Result<String> {
+    issuer.token("bench", serde_json::json!({"roles": ["Analytics.Read"], "tid": tenant}))
+}
+
 /// The endpoint's SQL with the same parameters and settings the handler uses.
-async fn direct_once(client: &clickhouse::Client, sql: &str, params: &[(&str, &str)]) -> anyhow::Result<()> {
-    let mut query = client.query_raw(sql).with_setting("readonly", "2");
-    for (name, value) in params {
+async fn direct_once(client: &clickhouse::Client, sql: &str, case: &Case) -> anyhow::Result<()> {
+    let mut query = client
+        .query_raw(sql)
+        .with_setting("readonly", "2")
+        .param("caller_tenant", case.tenant);
+    for (name, value) in case.params {
         query = query.param(name, value);
     }
     let mut cursor = query.fetch_bytes("JSON")?;
@@ -177,11 +249,17 @@ async fn direct_once(client: &clickhouse::Client, sql: &str, params: &[(&str, &s
     Ok(())
 }
 
-async fn gateway_once(http: &reqwest::Client, url: &str, params: &[(&str, &str)]) -> anyhow::Result<()> {
-    let response = http.get(url).query(params).send().await?;
+async fn gateway_once(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    params: &[(&str, &str)],
+    expected: u16,
+) -> anyhow::Result<()> {
+    let response = http.get(url).bearer_auth(token).query(params).send().await?;
     let status = response.status();
     let body = response.bytes().await?;
-    if !status.is_success() || body.is_empty() {
+    if status.as_u16() != expected || body.is_empty() {
         bail!("{url}: {status}: {}", String::from_utf8_lossy(&body));
     }
     Ok(())
