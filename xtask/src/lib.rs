@@ -6,6 +6,7 @@ pub mod connection;
 pub mod dev_issuer;
 pub mod local_clickhouse;
 pub mod oidc_provider;
+pub mod process;
 pub mod sample;
 
 use std::path::PathBuf;

@@ -17,6 +17,7 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::connection::Connection;
+use crate::process::{is_alive, log_tail};
 
 /// The port used unless `CHGATE_CLICKHOUSE_PORT` says otherwise.
 pub const DEFAULT_PORT: u16 = 18123;
@@ -126,14 +127,20 @@ impl LocalClickHouse {
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait()? {
                 let _ = fs::remove_file(self.pid_file());
-                bail!("the ClickHouse front exited ({status}):\n{}", self.log_tail());
+                bail!(
+                    "the ClickHouse front exited ({status}):\n{}",
+                    log_tail(&self.log_file())
+                );
             }
             if self.answers().await {
                 return Ok(true);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("the ClickHouse front did not answer within 90 s:\n{}", self.log_tail())
+        bail!(
+            "the ClickHouse front did not answer within 90 s:\n{}",
+            log_tail(&self.log_file())
+        )
     }
 
     /// Stops the server if it runs (SIGTERM, then SIGKILL after 15 s).
@@ -182,12 +189,6 @@ impl LocalClickHouse {
         }
     }
 
-    fn log_tail(&self) -> String {
-        let log = fs::read_to_string(self.log_file()).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
     /// Creates the venv with the engine on first use, and again when requirements change.
     fn ensure_venv(&self) -> anyhow::Result<()> {
         let requirements = fs::read_to_string(self.requirements())?;
@@ -230,16 +231,6 @@ impl LocalClickHouse {
         fs::write(self.users_file(), serde_json::to_vec_pretty(&users)?)?;
         Ok(())
     }
-}
-
-fn is_alive(pid: Pid) -> bool {
-    // A zombie (exited, not yet reaped) still accepts signal 0; its stat line says 'Z'.
-    kill(pid, None).is_ok()
-        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {

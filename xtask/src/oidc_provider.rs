@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::process::{is_alive, log_tail};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -152,7 +153,10 @@ impl OidcProvider {
             if let Some(status) = provider.child.try_wait()? {
                 provider.stopped = true;
                 let _ = fs::remove_file(pid_file(&provider.dir));
-                bail!("the OpenID provider exited ({status}):\n{}", log_tail(&provider.dir));
+                bail!(
+                    "the OpenID provider exited ({status}):\n{}",
+                    log_tail(&log_file(&provider.dir))
+                );
             }
             if let Ok(response) = client.get(&discovery).send().await
                 && response.status().is_success()
@@ -160,7 +164,7 @@ impl OidcProvider {
                 return Ok(provider);
             }
             if Instant::now() >= deadline {
-                let tail = log_tail(&provider.dir);
+                let tail = log_tail(&log_file(&provider.dir));
                 provider.stop().await?;
                 bail!("the OpenID provider did not answer within 30 s:\n{tail}");
             }
@@ -398,23 +402,6 @@ async fn stop_stale(dir: &Path) {
         }
     }
     let _ = fs::remove_file(pid_file(dir));
-}
-
-fn is_alive(pid: Pid) -> bool {
-    // A zombie (exited, not yet reaped by its new parent) still accepts signal 0; its stat line
-    // says 'Z'.
-    kill(pid, None).is_ok()
-        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-}
-
-fn log_tail(dir: &Path) -> String {
-    let log = fs::read_to_string(log_file(dir)).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 #[cfg(test)]
