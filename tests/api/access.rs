@@ -390,3 +390,59 @@ async fn tokens_of_a_certified_openid_provider_work_across_a_key_rotation() {
         "earlier tokens stay valid"
     );
 }
+
+#[tokio::test]
+async fn the_dev_issuer_token_endpoint_gives_tokens_the_handler_accepts() {
+    let app = spawn_app().await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/token", app.issuer.url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_id=dashboard&client_secret={}&roles=Test.Read&tid=acme",
+            dev_issuer::DEV_CLIENT_SECRET
+        ))
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    let token = body["access_token"].as_str().expect("token");
+    let whoami: Value = app.get_as(token, "whoami", &[]).await.json().await.expect("json");
+    assert_eq!(whoami["data"][0]["tenant"], "acme");
+    let wrong_secret = reqwest::Client::new()
+        .post(format!("{}/token", app.issuer.url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&client_id=dashboard&client_secret=guess")
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(wrong_secret.status(), 401);
+}
+
+#[tokio::test]
+async fn a_second_issuer_form_is_accepted_only_when_the_policy_names_it() {
+    // Entra signs v1 tokens (iss https://sts.windows.net/<tid>/) with the v2 issuer's keys.
+    let v1 = "https://sts.windows.net/0000-tenant/";
+    let app = spawn_app_with(|settings| {
+        let policy = std::fs::read_to_string(&settings.access_policy).expect("policy");
+        let policy = policy.replace("dev = true", &format!("dev = true\nalso_accept = [\"{v1}\"]"));
+        std::fs::write(&settings.access_policy, policy).expect("policy");
+    })
+    .await;
+    let token = app
+        .issuer
+        .key()
+        .sign(&dev_issuer::claims(v1, "svc", json!({"roles": ["Test.Read"]})))
+        .expect("sign");
+    assert_eq!(app.get_as(&token, "echo", &[]).await.status(), 200);
+    let other = app
+        .issuer
+        .key()
+        .sign(&dev_issuer::claims(
+            "https://sts.windows.net/another/",
+            "svc",
+            json!({"roles": ["Test.Read"]}),
+        ))
+        .expect("sign");
+    refused(&app, &other, "an issuer form the policy does not name").await;
+}
