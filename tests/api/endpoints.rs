@@ -286,19 +286,25 @@ async fn an_error_before_the_first_byte_is_an_error_status_without_internals() {
 async fn an_error_after_the_response_started_breaks_the_body_instead_of_ending_it_cleanly() {
     // A small buffer so that the status is committed early; the exception comes later.
     let app = spawn_app_with(|settings| settings.response_buffer_bytes = 64 * 1024).await;
-    let response = app
-        .get(
-            "numbers",
-            &[("rows", "300000"), ("fail_at", "250000"), ("format", "ndjson")],
-        )
-        .await;
-    assert_eq!(response.status(), 200, "the status was committed before the failure");
-    let outcome = response.bytes().await;
-    assert!(
-        outcome.is_err(),
-        "the body must fail, not end as if complete (got {} bytes)",
-        outcome.map(|b| b.len()).unwrap_or(0)
-    );
+    for format in ["ndjson", "csv"] {
+        let response = app
+            .get(
+                "numbers",
+                &[("rows", "300000"), ("fail_at", "250000"), ("format", format)],
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{format}: the status was committed before the failure"
+        );
+        let outcome = response.bytes().await;
+        assert!(
+            outcome.is_err(),
+            "{format}: the body must fail, not end as if complete (got {} bytes)",
+            outcome.map(|b| b.len()).unwrap_or(0)
+        );
+    }
 
     // The same query without the failure streams to the end.
     let response = app.get("numbers", &[("rows", "300000"), ("format", "ndjson")]).await;
@@ -454,4 +460,13 @@ async fn an_oversized_body_is_a_413_problem() {
         .expect("post");
     assert!(response.headers().contains_key("x-request-id"));
     assert_eq!(problem(response, 413).await["code"], "body_too_large");
+}
+
+#[tokio::test]
+async fn credentials_clickhouse_refuses_are_a_503_not_a_failed_query() {
+    // As during a password rotation: ClickHouse answers 516 until the new secret is in use.
+    let app = spawn_app_with(|settings| settings.clickhouse.password = "not-the-password".into()).await;
+    let response = app.get("echo", &[]).await;
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert_eq!(problem(response, 503).await["code"], "clickhouse_unavailable");
 }
