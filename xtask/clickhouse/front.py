@@ -19,9 +19,11 @@ import base64
 import hmac
 import json
 import os
+import random
 import re
 import signal
 import socket
+import string
 import sys
 import threading
 import uuid
@@ -386,6 +388,11 @@ class FrontHandler(BaseHTTPRequestHandler):
     def do_GET(self):
         self.handle_request(read_only_method=True)
 
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_POST(self):
         self.handle_request(read_only_method=False)
 
@@ -395,8 +402,7 @@ class FrontHandler(BaseHTTPRequestHandler):
         self.response_started = False
         try:
             if request.path in ("/ping", "/replicas_status") or (
-                    request.path == "/" and not request.params.get("query")
-                    and request.body.done and "multipart" not in self.headers.get("Content-Type", "")):
+                    read_only_method and request.path == "/" and not request.params.get("query")):
                 self.send_plain(200, b"Ok.\n")
                 return
             if request.path != "/":
@@ -421,9 +427,13 @@ class FrontHandler(BaseHTTPRequestHandler):
             except (ConnectionError, OSError, ValueError):
                 pass
         if self.response_started:
-            # Too late for a status: ClickHouse appends the exception to the (compressed) body
-            # and closes the connection.
-            self.write_encoded(b"\n" + body)
+            # Too late for a status: ClickHouse (25.11+) appends the exception to the
+            # (compressed) body between markers carrying the response's exception tag, and
+            # closes the connection.
+            message = body.rstrip(b"\n") + b"\n"
+            trailer = (b"\r\n__exception__\r\n" + self.exception_tag + b"\r\n" + message
+                       + str(len(message)).encode() + b" " + self.exception_tag + b"\r\n__exception__\r\n")
+            self.write_encoded(trailer)
             self.finish_encoded()
             self.end_chunks()
             self.close_connection = True
@@ -680,6 +690,9 @@ class FrontHandler(BaseHTTPRequestHandler):
         if self.encoding:
             self.send_header("Content-Encoding", self.encoding)
         if chunked:
+            # A streamed response may still fail; the tag lets clients find the exception.
+            self.exception_tag = "".join(random.choices(string.ascii_letters + string.digits, k=16)).encode()
+            self.send_header("X-ClickHouse-Exception-Tag", self.exception_tag.decode())
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             self.response_started = True
