@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chgate::access::AccessPolicy;
 use chgate::access::report::access_report;
+use chgate::access::{AccessPolicy, Place};
 use chgate::catalog::Catalog;
 use chgate::settings::Settings;
 use chgate::startup::{Application, route_prefix};
@@ -66,8 +66,8 @@ fn check(args: &CatalogArgs, report: bool) -> anyhow::Result<ExitCode> {
         None => Settings::from_env()?.functions_dir,
     };
     let prefix = route_prefix(&args.host_json)?;
-    let in_azure = std::env::var_os("WEBSITE_SITE_NAME").is_some_and(|name| !name.is_empty());
-    let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), in_azure)
+    let place = Place::from_env();
+    let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), place)
         .with_context(|| format!("loading the access policy {}", args.access_policy.display()))?;
     match Catalog::load(&dir, &prefix, &policy.catalog_rules()) {
         Ok(catalog) if report => {

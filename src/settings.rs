@@ -25,9 +25,9 @@ pub struct Settings {
     pub response_buffer_bytes: usize,
     /// `CHGATE_ACCESS_POLICY`: the access policy file (default `access.toml`).
     pub access_policy: PathBuf,
-    /// Set when `WEBSITE_SITE_NAME` is (the app runs in Azure): plain-http and development
-    /// issuers are refused.
-    pub in_azure: bool,
+    /// Where the handler runs: `WEBSITE_SITE_NAME` set means Azure (plain-http and development
+    /// issuers refused); `CHGATE_ALLOW_DEV_ISSUERS=1` trusts development issuers elsewhere.
+    pub place: crate::access::Place,
     /// `CHGATE_TOKEN_SKEW_SECONDS` (default 60) and `CHGATE_JWKS_MIN_REFRESH_SECONDS` (default
     /// 30): clock skew allowed on token times; least time between key refreshes on unknown kids.
     pub token: crate::access::VerifyOptions,
@@ -110,13 +110,14 @@ impl Settings {
         };
         let token = crate::access::VerifyOptions {
             skew: seconds("CHGATE_TOKEN_SKEW_SECONDS", 60)?,
-            min_refresh_gap: seconds("CHGATE_JWKS_MIN_REFRESH_SECONDS", 30)?,
+            // At least a second: an attacker's unknown kids must not make us hammer the issuer.
+            min_refresh_gap: seconds("CHGATE_JWKS_MIN_REFRESH_SECONDS", 30)?.max(std::time::Duration::from_secs(1)),
             ..crate::access::VerifyOptions::default()
         };
         Ok(Self {
             port,
             access_policy: PathBuf::from(var("CHGATE_ACCESS_POLICY", "access.toml")),
-            in_azure: env::var_os("WEBSITE_SITE_NAME").is_some_and(|name| !name.is_empty()),
+            place: crate::access::Place::from_env(),
             token,
             functions_dir,
             host_json: PathBuf::from(var("CHGATE_HOST_JSON", "host.json")),

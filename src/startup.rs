@@ -42,7 +42,7 @@ impl Application {
         let policy = AccessPolicy::load(
             &settings.access_policy,
             &|name| std::env::var(name).ok(),
-            settings.in_azure,
+            settings.place,
         )
         .with_context(|| format!("loading the access policy {}", settings.access_policy.display()))?;
         let catalog = Catalog::load(&settings.functions_dir, &route_prefix, &policy.catalog_rules())

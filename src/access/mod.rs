@@ -8,5 +8,5 @@ pub mod report;
 pub mod token;
 
 pub use caller::{AccessError, Caller, Grant};
-pub use policy::AccessPolicy;
+pub use policy::{AccessPolicy, Place};
 pub use token::{TokenError, TokenVerifier, VerifyOptions};

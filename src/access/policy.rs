@@ -8,6 +8,26 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Where the policy is used, which decides the issuers it may trust.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Place {
+    /// Running in Azure (`WEBSITE_SITE_NAME` is set): only https issuers, never dev ones.
+    pub in_azure: bool,
+    /// Development issuers (`dev = true`) are trusted only when this is set
+    /// (`CHGATE_ALLOW_DEV_ISSUERS=1`, which `cargo xtask dev` sets), and never in Azure.
+    pub allow_dev_issuers: bool,
+}
+
+impl Place {
+    /// From the environment: `WEBSITE_SITE_NAME` and `CHGATE_ALLOW_DEV_ISSUERS`.
+    pub fn from_env() -> Self {
+        Self {
+            in_azure: std::env::var_os("WEBSITE_SITE_NAME").is_some_and(|name| !name.is_empty()),
+            allow_dev_issuers: std::env::var("CHGATE_ALLOW_DEV_ISSUERS").is_ok_and(|v| v == "1"),
+        }
+    }
+}
+
 /// `access.toml` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +81,8 @@ pub struct TablesToml {
     /// `{caller_tenant:String}`.
     #[serde(default)]
     pub tenant_scoped: Vec<String>,
+    /// The column holding the tenant in those tables (default `tenant_id`).
+    pub tenant_column: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -131,6 +153,7 @@ pub struct AccessPolicy {
     tenant_values: Option<BTreeMap<String, String>>,
     tenant_setting: Option<String>,
     tenant_scoped_tables: Vec<String>,
+    tenant_column: String,
     roles: BTreeMap<String, Role>,
     grants: Vec<GrantToml>,
 }
@@ -146,7 +169,7 @@ impl AccessPolicy {
     /// Reads and checks `path`, applying app-setting overrides from `env`
     /// (`CHGATE_ISSUER__<NAME>__URL`, `CHGATE_ISSUER__<NAME>__AUDIENCES` comma-separated), and
     /// refusing plain-http and development issuers when `in_azure`.
-    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, in_azure: bool) -> Result<Self, PolicyError> {
+    pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, place: Place) -> Result<Self, PolicyError> {
         let fail = |problems: Vec<String>| PolicyError {
             file: path.display().to_string(),
             problems,
@@ -158,13 +181,13 @@ impl AccessPolicy {
                 .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
             fail(vec![format!("line {}: {}", line.unwrap_or(0), e.message().trim())])
         })?;
-        Self::from_toml(toml, env, in_azure).map_err(fail)
+        Self::from_toml(toml, env, place).map_err(fail)
     }
 
     pub fn from_toml(
         toml: AccessToml,
         env: &dyn Fn(&str) -> Option<String>,
-        in_azure: bool,
+        place: Place,
     ) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         if toml.version != 1 {
@@ -191,19 +214,27 @@ impl AccessPolicy {
                     issuer.name
                 ));
             }
-            if in_azure && issuer.dev {
+            if issuer.dev && (place.in_azure || !place.allow_dev_issuers) {
                 problems.push(format!(
-                    "issuer {}: a development issuer is refused when running in Azure",
+                    "issuer {}: a development issuer is trusted only locally with CHGATE_ALLOW_DEV_ISSUERS=1, never in Azure",
                     issuer.name
                 ));
-            } else if in_azure && !url.starts_with("https://") {
+            } else if place.in_azure && !url.starts_with("https://") {
                 problems.push(format!(
                     "issuer {}: {url} is not https, which is refused when running in Azure",
                     issuer.name
                 ));
             }
+            let also_accept = env(&format!("CHGATE_ISSUER__{key}__ALSO_ACCEPT"))
+                .map(|list| {
+                    list.split(',')
+                        .map(|a| a.trim().to_owned())
+                        .filter(|a| !a.is_empty())
+                        .collect()
+                })
+                .unwrap_or(issuer.also_accept);
             let mut accepted_iss = vec![url.clone()];
-            accepted_iss.extend(issuer.also_accept);
+            accepted_iss.extend(also_accept);
             issuers.push(Issuer {
                 name: issuer.name,
                 url,
@@ -273,6 +304,18 @@ impl AccessPolicy {
                 "tenant.clickhouse_setting {setting:?} must be a custom setting: SQL_ followed by letters, digits and _"
             ));
         }
+        if toml.tenant.clickhouse_setting.is_some() {
+            for role in roles
+                .values()
+                .filter(|role| role.cross_tenant && role.clickhouse_user.is_none())
+            {
+                problems.push(format!(
+                    "role {}: a cross-tenant role needs a ClickHouse user of its own (clickhouse.user) when \
+                     tenant.clickhouse_setting feeds a row policy, or the policy would narrow it to one tenant",
+                    role.name
+                ));
+            }
+        }
         if toml.tenant.claim.trim().is_empty() {
             problems.push("tenant.claim is empty; name the claim that holds the tenant".into());
         }
@@ -285,6 +328,7 @@ impl AccessPolicy {
             tenant_values: toml.tenant.values,
             tenant_setting: toml.tenant.clickhouse_setting,
             tenant_scoped_tables: toml.tables.tenant_scoped,
+            tenant_column: toml.tables.tenant_column.unwrap_or_else(|| "tenant_id".to_owned()),
             roles,
             grants: toml.grants,
         })
@@ -324,6 +368,7 @@ impl AccessPolicy {
                 .map(|r| r.name.clone())
                 .collect(),
             tenant_scoped_tables: self.tenant_scoped_tables.clone(),
+            tenant_column: self.tenant_column.clone(),
             protected_settings: self.tenant_setting.iter().cloned().collect(),
         }
     }
@@ -408,12 +453,21 @@ claim = "roles"
 any_of = ["Analytics.Admin"]
 "#;
 
+    const LOCAL: Place = Place {
+        in_azure: false,
+        allow_dev_issuers: true,
+    };
+    const AZURE: Place = Place {
+        in_azure: true,
+        allow_dev_issuers: true,
+    };
+
     fn no_env(_: &str) -> Option<String> {
         None
     }
 
     fn policy() -> AccessPolicy {
-        AccessPolicy::from_toml(toml::from_str(POLICY).expect("toml"), &no_env, false).expect("policy")
+        AccessPolicy::from_toml(toml::from_str(POLICY).expect("toml"), &no_env, LOCAL).expect("policy")
     }
 
     fn claims(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
@@ -457,7 +511,7 @@ any_of = ["Analytics.Admin"]
             "CHGATE_ISSUER__ENTRA__AUDIENCES" => Some("api://a, api://b".to_owned()),
             _ => None,
         };
-        let policy = AccessPolicy::from_toml(toml::from_str(POLICY).expect("toml"), &env, false).expect("policy");
+        let policy = AccessPolicy::from_toml(toml::from_str(POLICY).expect("toml"), &env, LOCAL).expect("policy");
         assert_eq!(policy.issuers()[0].url, "https://login.microsoftonline.com/t2/v2.0");
         assert_eq!(policy.issuers()[0].audiences, ["api://a", "api://b"]);
         assert_eq!(policy.issuers()[0].accepted_iss[1], "https://sts.windows.net/t1/");
@@ -467,15 +521,22 @@ any_of = ["Analytics.Admin"]
     fn plain_http_and_dev_issuers_are_refused_in_azure() {
         let text = POLICY.replace("https://login.microsoftonline.com/t1/v2.0", "http://127.0.0.1:9/");
         let problems =
-            AccessPolicy::from_toml(toml::from_str(&text).expect("toml"), &no_env, true).expect_err("refused");
+            AccessPolicy::from_toml(toml::from_str(&text).expect("toml"), &no_env, AZURE).expect_err("refused");
         assert!(problems[0].contains("not https"), "{problems:?}");
         let dev = POLICY.replace(
             "audiences = [\"api://chgate\"]",
             "audiences = [\"api://chgate\"]\ndev = true",
         );
         let problems =
-            AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, true).expect_err("refused");
+            AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, AZURE).expect_err("refused");
         assert!(problems[0].contains("development issuer"), "{problems:?}");
+        let not_allowed = Place {
+            in_azure: false,
+            allow_dev_issuers: false,
+        };
+        let problems =
+            AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, not_allowed).expect_err("refused");
+        assert!(problems[0].contains("CHGATE_ALLOW_DEV_ISSUERS"), "{problems:?}");
     }
 
     #[test]
@@ -483,7 +544,7 @@ any_of = ["Analytics.Admin"]
         assert!(toml::from_str::<AccessToml>(&POLICY.replace("cross_tenant", "cross_tennant")).is_err());
         let text = POLICY.replace("role = \"admin\"", "role = \"root\"");
         let problems =
-            AccessPolicy::from_toml(toml::from_str(&text).expect("toml"), &no_env, false).expect_err("refused");
+            AccessPolicy::from_toml(toml::from_str(&text).expect("toml"), &no_env, LOCAL).expect_err("refused");
         assert!(problems[0].contains("\"root\""), "{problems:?}");
     }
 }

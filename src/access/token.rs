@@ -81,21 +81,24 @@ struct KeyState {
     keys: Option<Arc<JwkSet>>,
     fetched_at: Option<Instant>,
     last_attempt: Option<Instant>,
+    last_failed: bool,
 }
 
+/// One issuer's key source: discovery, the JWKS, and the cached keys.
 #[derive(Debug)]
 struct IssuerKeys {
     issuer: Issuer,
     state: RwLock<KeyState>,
     /// Held while fetching, so concurrent misses make one request.
     refreshing: Mutex<()>,
+    http: reqwest::Client,
+    min_refresh_gap: Duration,
 }
 
 /// Verifies access tokens for the configured issuers.
 #[derive(Debug)]
 pub struct TokenVerifier {
-    issuers: Vec<IssuerKeys>,
-    http: reqwest::Client,
+    issuers: Vec<Arc<IssuerKeys>>,
     options: VerifyOptions,
 }
 
@@ -106,18 +109,19 @@ impl TokenVerifier {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        Self {
-            issuers: issuers
-                .iter()
-                .map(|issuer| IssuerKeys {
+        let issuers = issuers
+            .iter()
+            .map(|issuer| {
+                Arc::new(IssuerKeys {
                     issuer: issuer.clone(),
                     state: RwLock::default(),
                     refreshing: Mutex::new(()),
+                    http: http.clone(),
+                    min_refresh_gap: options.min_refresh_gap,
                 })
-                .collect(),
-            http,
-            options,
-        }
+            })
+            .collect();
+        Self { issuers, options }
     }
 
     pub fn has_issuers(&self) -> bool {
@@ -127,7 +131,7 @@ impl TokenVerifier {
     /// Fetches every issuer's keys now (at start-up; failures are logged and retried later).
     pub async fn prefetch(&self) {
         for issuer in &self.issuers {
-            if let Err(error) = self.refresh(issuer, true).await {
+            if let Err(error) = issuer.refresh(true).await {
                 tracing::warn!(issuer = %issuer.issuer.url, error = %error, "issuer keys unavailable at start");
             }
         }
@@ -165,7 +169,7 @@ impl TokenVerifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = self.options.skew.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.set_issuer(&issuer.issuer.accepted_iss);
         validation.set_audience(&issuer.issuer.audiences);
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|error| match error.kind() {
@@ -195,57 +199,72 @@ impl TokenVerifier {
     }
 
     /// The issuer's key with this `kid` (or its only key when the token names none).
-    async fn key_for(&self, issuer: &IssuerKeys, kid: Option<&str>) -> Result<Jwk, TokenError> {
-        let stale = {
+    async fn key_for(&self, issuer: &Arc<IssuerKeys>, kid: Option<&str>) -> Result<Jwk, TokenError> {
+        let (has_keys, stale) = {
             let state = issuer.state.read().await;
-            state
+            let stale = state
                 .fetched_at
-                .is_none_or(|at| at.elapsed() >= self.options.refresh_every)
+                .is_none_or(|at| at.elapsed() >= self.options.refresh_every);
+            (state.keys.is_some(), stale)
         };
-        if stale {
-            // Failure keeps the last good keys; only having none at all is fatal.
-            let _ = self.refresh(issuer, false).await;
+        if !has_keys {
+            // Nothing to judge with: wait for a fetch (rate-limited, one at a time).
+            let _ = issuer.refresh(false).await;
+        } else if stale {
+            // Old keys keep serving while a background task fetches new ones: no request waits
+            // on the identity provider, and an outage keeps the last good keys.
+            let background = issuer.clone();
+            tokio::spawn(async move {
+                let _ = background.refresh(false).await;
+            });
         }
         if let Some(jwk) = find_key(issuer, kid).await? {
             return Ok(jwk);
         }
         // An unknown kid may be a freshly rotated key: refresh once (rate-limited), then judge.
-        let _ = self.refresh(issuer, false).await;
-        find_key(issuer, kid).await?.ok_or(TokenError::UnknownKey)
+        let _ = issuer.refresh(false).await;
+        if let Some(jwk) = find_key(issuer, kid).await? {
+            return Ok(jwk);
+        }
+        // If the issuer could not be asked, the token may well be good: a server problem.
+        if issuer.state.read().await.last_failed {
+            return Err(TokenError::KeysUnavailable);
+        }
+        Err(TokenError::UnknownKey)
     }
+}
 
-    /// Fetches the issuer's JWKS through discovery, unless another task just did or the last
-    /// attempt was too recent (`force` skips the gap, for start-up).
-    async fn refresh(&self, issuer: &IssuerKeys, force: bool) -> Result<(), String> {
-        let _guard = issuer.refreshing.lock().await;
+impl IssuerKeys {
+    /// Fetches the JWKS through discovery, unless another task just did or the last attempt
+    /// was too recent (`force` skips the gap, for start-up). A failure keeps the last good keys.
+    async fn refresh(&self, force: bool) -> Result<(), String> {
+        let _guard = self.refreshing.lock().await;
         {
-            let state = issuer.state.read().await;
-            if !force
-                && state
-                    .last_attempt
-                    .is_some_and(|at| at.elapsed() < self.options.min_refresh_gap)
-            {
+            let state = self.state.read().await;
+            if !force && state.last_attempt.is_some_and(|at| at.elapsed() < self.min_refresh_gap) {
                 return Ok(());
             }
         }
-        let outcome = self.fetch_keys(&issuer.issuer).await;
-        let mut state = issuer.state.write().await;
+        let outcome = self.fetch_keys().await;
+        let mut state = self.state.write().await;
         state.last_attempt = Some(Instant::now());
+        state.last_failed = outcome.is_err();
         match outcome {
             Ok(keys) => {
-                tracing::info!(issuer = %issuer.issuer.url, keys = keys.keys.len(), "issuer keys fetched");
+                tracing::info!(issuer = %self.issuer.url, keys = keys.keys.len(), "issuer keys fetched");
                 state.keys = Some(Arc::new(keys));
                 state.fetched_at = Some(Instant::now());
                 Ok(())
             }
             Err(error) => {
-                tracing::warn!(issuer = %issuer.issuer.url, error = %error, "fetching issuer keys failed; keeping the last good keys");
+                tracing::warn!(issuer = %self.issuer.url, error = %error, "fetching issuer keys failed; keeping the last good keys");
                 Err(error)
             }
         }
     }
 
-    async fn fetch_keys(&self, issuer: &Issuer) -> Result<JwkSet, String> {
+    async fn fetch_keys(&self) -> Result<JwkSet, String> {
+        let issuer = &self.issuer;
         let discovery_url = format!("{}/.well-known/openid-configuration", issuer.url.trim_end_matches('/'));
         let discovery: Value = self.get_json(&discovery_url).await?;
         let named = discovery.get("issuer").and_then(Value::as_str).unwrap_or_default();
@@ -256,8 +275,16 @@ impl TokenVerifier {
             .get("jwks_uri")
             .and_then(Value::as_str)
             .ok_or("discovery has no jwks_uri")?;
+        if issuer.url.starts_with("https://") && !jwks_uri.starts_with("https://") {
+            return Err(format!("jwks_uri {jwks_uri} is not https"));
+        }
         let keys: Value = self.get_json(jwks_uri).await?;
-        serde_json::from_value(keys).map_err(|error| format!("the JWKS is not valid: {error}"))
+        let keys: JwkSet = serde_json::from_value(keys).map_err(|error| format!("the JWKS is not valid: {error}"))?;
+        // An empty set would replace good keys with nothing: treat it as a failed fetch.
+        if keys.keys.is_empty() {
+            return Err("the JWKS has no keys".into());
+        }
+        Ok(keys)
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
@@ -290,6 +317,11 @@ async fn find_key(issuer: &IssuerKeys, kid: Option<&str>) -> Result<Option<Jwk>,
     })
 }
 
+/// Header text echoed in an error: short, and printable ASCII only (it ends up in a header).
+fn short(text: &str) -> String {
+    text.chars().filter(|c| c.is_ascii_graphic()).take(24).collect()
+}
+
 fn decode_json(part: &str) -> Option<Map<String, Value>> {
     let bytes = URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()?;
     match serde_json::from_slice(&bytes).ok()? {
@@ -305,11 +337,14 @@ fn check_header(header: &Map<String, Value>) -> Result<Algorithm, TokenError> {
         .and_then(Value::as_str)
         .ok_or_else(|| TokenError::Header("no alg".into()))?;
     if alg.eq_ignore_ascii_case("none") || alg.starts_with("HS") {
-        return Err(TokenError::Header(format!("algorithm {alg} is never accepted")));
+        return Err(TokenError::Header(format!(
+            "algorithm {} is never accepted",
+            short(alg)
+        )));
     }
     let algorithm: Algorithm = alg
         .parse()
-        .map_err(|_| TokenError::Header(format!("unknown algorithm {alg}")))?;
+        .map_err(|_| TokenError::Header(format!("unknown algorithm {}", short(alg))))?;
     for field in ["jku", "x5u", "jwk", "x5c"] {
         if header.contains_key(field) {
             return Err(TokenError::Header(format!(
@@ -328,7 +363,10 @@ fn check_header(header: &Map<String, Value>) -> Result<Algorithm, TokenError> {
             typ.as_str(),
             "jwt" | "at+jwt" | "application/at+jwt" | "application/jwt"
         ) {
-            return Err(TokenError::Header(format!("typ {typ:?} is not an access token type")));
+            return Err(TokenError::Header(format!(
+                "typ {:?} is not an access token type",
+                short(&typ)
+            )));
         }
     }
     Ok(algorithm)

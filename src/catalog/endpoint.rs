@@ -666,9 +666,9 @@ fn check_access(
             );
         }
     }
-    let identifiers = sql::scan(sql_text).identifiers;
+    let scan = sql::scan(sql_text);
     for setting in &rules.protected_settings {
-        if identifiers.contains(setting) {
+        if scan.identifiers.contains(setting) {
             problems.add(
                 "query.sql",
                 None,
@@ -676,29 +676,97 @@ fn check_access(
             );
         }
     }
-    if caller_params.contains(&"caller_tenant") {
-        return;
+    for line in &scan.escaped_identifiers {
+        problems.add(
+            "query.sql",
+            Some(*line),
+            "a quoted identifier with backslash escapes: write the name plainly, so the catalog reads it as the server does",
+        );
     }
     let all_cross_tenant = !endpoint_toml.roles.is_empty()
         && endpoint_toml
             .roles
             .iter()
             .all(|role| rules.cross_tenant_roles.contains(role));
-    if all_cross_tenant {
+    if all_cross_tenant || rules.tenant_scoped_tables.is_empty() {
         return;
     }
+    // Functions that read tables by name or address can reach tenant data the check cannot see.
+    for call in &scan.calls {
+        if TABLE_READING_FUNCTIONS
+            .iter()
+            .any(|f| call == f || (f.ends_with('*') && call.starts_with(&f[..f.len() - 1])))
+        {
+            problems.add(
+                "query.sql",
+                None,
+                format!(
+                    "{call}(…) can read tables the tenant check cannot see; only an endpoint that cross-tenant roles \
+                     alone may call can use it"
+                ),
+            );
+        }
+    }
+    let filters = tenant_filters(&scan.code, &rules.tenant_column);
     for table in &rules.tenant_scoped_tables {
-        if identifiers.contains(table) {
+        let reads = scan.identifier_counts.get(table).copied().unwrap_or(0);
+        if reads == 0 {
+            continue;
+        }
+        let column = &rules.tenant_column;
+        if !caller_params.contains(&"caller_tenant") {
             problems.add(
                 "query.sql",
                 None,
                 format!(
                     "reads the tenant-scoped table {table} without {{caller_tenant:String}}: filter by it \
-                     (WHERE tenant_id = {{caller_tenant:String}}), or let only cross-tenant roles call the endpoint"
+                     (WHERE {column} = {{caller_tenant:String}}), or let only cross-tenant roles call the endpoint"
+                ),
+            );
+        } else if filters < reads {
+            problems.add(
+                "query.sql",
+                None,
+                format!(
+                    "reads the tenant-scoped table {table} {reads} time(s) but filters {column} = \
+                     {{caller_tenant:String}} {filters} time(s): filter every read of it"
                 ),
             );
         }
     }
+}
+
+/// Table functions and dictionary lookups (lower-case; `*` ends a prefix).
+const TABLE_READING_FUNCTIONS: [&str; 20] = [
+    "merge",
+    "remote",
+    "remotesecure",
+    "cluster",
+    "clusterallreplicas",
+    "view",
+    "viewifpermitted",
+    "dictget*",
+    "joinget*",
+    "url",
+    "s3",
+    "s3cluster",
+    "file",
+    "hdfs",
+    "azureblobstorage",
+    "mysql",
+    "postgresql",
+    "jdbc",
+    "odbc",
+    "input",
+];
+
+/// How many times the code compares the tenant column (optionally qualified) with the
+/// caller's tenant, in either order.
+fn tenant_filters(code: &str, column: &str) -> usize {
+    let column = regex::escape(column);
+    let placeholder = r"\{\s*caller_tenant\s*:\s*String\s*\}";
+    let pattern = format!(r"(?:\b(?:\w+\.)?{column}\s*=\s*{placeholder})|(?:{placeholder}\s*=\s*(?:\w+\.)?{column}\b)");
+    regex::Regex::new(&pattern).map_or(0, |re| re.find_iter(code).count())
 }
 
 fn limits(endpoint_toml: &EndpointToml, toml_text: &str, problems: &mut Problems<'_>) -> Limits {

@@ -27,6 +27,8 @@ pub struct AccessRules {
     pub cross_tenant_roles: BTreeSet<String>,
     /// Tables whose rows belong to tenants.
     pub tenant_scoped_tables: Vec<String>,
+    /// The column of those tables holding the tenant (`tenant_id`).
+    pub tenant_column: String,
     /// Settings the policy has the handler set (the tenant's custom setting), beyond the
     /// handler's own: query.sql may not mention them.
     pub protected_settings: Vec<String>,

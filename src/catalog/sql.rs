@@ -26,6 +26,16 @@ pub struct SqlScan {
     /// Every bare word and quoted identifier (`x`, `` `x` ``, `"x"`): a superset of the tables
     /// the query reads.
     pub identifiers: std::collections::BTreeSet<String>,
+    /// How often each identifier occurs.
+    pub identifier_counts: std::collections::BTreeMap<String, usize>,
+    /// Words called as functions (`name(`), lower-cased: table functions and dictionaries.
+    pub calls: std::collections::BTreeSet<String>,
+    /// 1-based lines of quoted identifiers with backslash escapes, whose real name only the
+    /// server's lexer knows.
+    pub escaped_identifiers: Vec<usize>,
+    /// The SQL with string literals and comments blanked out: only what the server parses as
+    /// code.
+    pub code: String,
 }
 
 /// Scans `sql`. Unterminated quotes or comments end the scan at the end of the text (the
@@ -38,6 +48,18 @@ pub fn scan(sql: &str) -> SqlScan {
         first_keyword: String::new(),
         output_clause: None,
         identifiers: std::collections::BTreeSet::new(),
+        identifier_counts: std::collections::BTreeMap::new(),
+        calls: std::collections::BTreeSet::new(),
+        escaped_identifiers: Vec::new(),
+        code: String::new(),
+    };
+    let mut code = bytes.to_vec();
+    let mut blank = |from: usize, to: usize| {
+        for byte in &mut code[from..to.min(bytes.len())] {
+            if *byte != b'\n' {
+                *byte = b' ';
+            }
+        }
     };
     let mut i = 0;
     let mut after_semicolon = false;
@@ -45,17 +67,41 @@ pub fn scan(sql: &str) -> SqlScan {
     while i < bytes.len() {
         let byte = bytes[i];
         match byte {
-            b'\'' => i = skip_quoted(bytes, i),
+            b'\'' => {
+                let end = skip_quoted(bytes, i);
+                blank(i, end);
+                i = end;
+            }
+            // A heredoc string: $$…$$.
+            b'$' if bytes.get(i + 1) == Some(&b'$') => {
+                let end = sql[i + 2..].find("$$").map_or(bytes.len(), |end| i + 2 + end + 2);
+                blank(i, end);
+                i = end;
+            }
             b'"' | b'`' => {
                 let end = skip_quoted(bytes, i);
                 let inner = &sql[i + 1..end.saturating_sub(1).max(i + 1)];
+                if inner.contains('\\') {
+                    scan.escaped_identifiers.push(position(sql, i).0);
+                }
                 scan.identifiers.insert(inner.to_owned());
+                *scan.identifier_counts.entry(inner.to_owned()).or_default() += 1;
                 i = end;
             }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => i = skip_line(bytes, i),
-            b'#' if matches!(bytes.get(i + 1), Some(b' ' | b'!')) => i = skip_line(bytes, i),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                let end = skip_line(bytes, i);
+                blank(i, end);
+                i = end;
+            }
+            b'#' if matches!(bytes.get(i + 1), Some(b' ' | b'!')) => {
+                let end = skip_line(bytes, i);
+                blank(i, end);
+                i = end;
+            }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i = sql[i + 2..].find("*/").map_or(bytes.len(), |end| i + 2 + end + 2);
+                let end = skip_block_comment(sql, i);
+                blank(i, end);
+                i = end;
             }
             b';' => {
                 after_semicolon = true;
@@ -86,6 +132,10 @@ pub fn scan(sql: &str) -> SqlScan {
                         i += 1;
                     }
                     scan.identifiers.insert(sql[start..i].to_owned());
+                    *scan.identifier_counts.entry(sql[start..i].to_owned()).or_default() += 1;
+                    if sql[i..].trim_start().starts_with('(') {
+                        scan.calls.insert(sql[start..i].to_ascii_lowercase());
+                    }
                     let word = sql[start..i].to_ascii_uppercase();
                     if scan.first_keyword.is_empty() {
                         scan.first_keyword.clone_from(&word);
@@ -110,7 +160,29 @@ pub fn scan(sql: &str) -> SqlScan {
             }
         }
     }
+    scan.code = String::from_utf8_lossy(&code).into_owned();
     scan
+}
+
+/// The index just past a block comment starting at `start`: ClickHouse's comments nest.
+fn skip_block_comment(sql: &str, start: usize) -> usize {
+    let bytes = sql.as_bytes();
+    let (mut depth, mut i) = (0usize, start);
+    while i + 1 < bytes.len() {
+        if bytes[i] == b'/' && bytes[i + 1] == b'*' {
+            depth += 1;
+            i += 2;
+        } else if bytes[i] == b'*' && bytes[i + 1] == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    bytes.len()
 }
 
 /// The index just past a quoted literal or identifier starting at `start` (backslash escapes
@@ -251,6 +323,23 @@ mod tests {
             !scan.identifiers.contains("logs"),
             "string literals are not identifiers"
         );
+    }
+
+    #[test]
+    fn nested_comments_and_heredocs_hide_what_they_contain() {
+        let scan = scan("SELECT 1 /* a /* b */ WHERE x = {p:String} */ FROM t WHERE $$ {q:String} $$ = ''");
+        assert!(scan.placeholders.is_empty(), "{:?}", scan.placeholders);
+        assert!(!scan.code.contains("{p:String}") && !scan.code.contains("{q:String}"));
+        assert!(scan.code.contains("FROM t"));
+    }
+
+    #[test]
+    fn calls_counts_and_escaped_identifiers_are_recorded() {
+        let scan =
+            scan("SELECT count() FROM merge(currentDatabase(), '^ev') JOIN `ev\\x65nts` USING id JOIN events USING id");
+        assert!(scan.calls.contains("merge") && scan.calls.contains("count"));
+        assert_eq!(scan.escaped_identifiers, vec![1]);
+        assert_eq!(scan.identifier_counts.get("events"), Some(&1));
     }
 
     #[test]

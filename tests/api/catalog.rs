@@ -13,9 +13,16 @@ fn fixtures() -> PathBuf {
 
 /// What the fixture access policy requires of endpoints.
 fn rules() -> AccessRules {
-    AccessPolicy::load(&fixtures().join("access.toml"), &|_| None, false)
-        .expect("fixture policy")
-        .catalog_rules()
+    AccessPolicy::load(
+        &fixtures().join("access.toml"),
+        &|_| None,
+        chgate::access::Place {
+            in_azure: false,
+            allow_dev_issuers: true,
+        },
+    )
+    .expect("fixture policy")
+    .catalog_rules()
 }
 
 #[test]
@@ -63,7 +70,15 @@ fn every_invalid_endpoint_fixture_is_refused_with_its_expected_message() {
 fn the_shipped_functions_folder_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let prefix = chgate::startup::route_prefix(&root.join("host.json")).expect("host.json");
-    let policy = AccessPolicy::load(&root.join("access.toml"), &|_| None, false).expect("access.toml");
+    let policy = AccessPolicy::load(
+        &root.join("access.toml"),
+        &|_| None,
+        chgate::access::Place {
+            in_azure: false,
+            allow_dev_issuers: true,
+        },
+    )
+    .expect("access.toml");
     let catalog =
         Catalog::load(&root.join("functions"), &prefix, &policy.catalog_rules()).unwrap_or_else(|e| panic!("{e}"));
     let mut names: Vec<&str> = catalog.endpoints().iter().map(|e| e.name()).collect();
@@ -112,6 +127,7 @@ fn the_fixture_catalog_loads_and_skips_non_http_functions() {
 fn handler_check_exits_non_zero_on_a_broken_catalog_and_zero_on_a_good_one() {
     let handler = env!("CARGO_BIN_EXE_handler");
     let broken = std::process::Command::new(handler)
+        .env("CHGATE_ALLOW_DEV_ISSUERS", "1")
         .args(["check"])
         .arg(fixtures().join("invalid_endpoints/two_statements"))
         .arg("--host-json")
@@ -126,6 +142,7 @@ fn handler_check_exits_non_zero_on_a_broken_catalog_and_zero_on_a_good_one() {
 
     let good = std::process::Command::new(handler)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CHGATE_ALLOW_DEV_ISSUERS", "1")
         .args(["check", "functions"])
         .output()
         .expect("running handler check");

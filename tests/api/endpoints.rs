@@ -365,6 +365,12 @@ async fn clickhouse_receives_the_request_id_limits_and_typed_parameters_not_sql_
             "claim = \"tid\"",
             "claim = \"tid\"\nclickhouse_setting = \"SQL_chgate_tenant\"",
         );
+        // A cross-tenant role then needs a ClickHouse user of its own (outside the row policy).
+        let internal_user = format!(
+            "cross_tenant = true\n[roles.internal.clickhouse]\nuser = \"{}\"\npassword_setting = \"CLICKHOUSE_PASSWORD\"",
+            settings.clickhouse.user
+        );
+        let policy = policy.replace("cross_tenant = true", &internal_user);
         std::fs::write(&settings.access_policy, policy).expect("policy");
     })
     .await;

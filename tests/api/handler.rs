@@ -32,6 +32,7 @@ async fn the_handler_binary_answers_the_readiness_probe_on_its_port() {
     let started = Instant::now();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_handler"))
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("CHGATE_ALLOW_DEV_ISSUERS", "1")
         // Nothing listens here: readiness must not depend on ClickHouse.
         .env("CLICKHOUSE_URL", "http://127.0.0.1:9")
         .stdout(Stdio::null())

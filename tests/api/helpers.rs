@@ -130,7 +130,10 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
         host_json: fixtures.join("host.json"),
         response_buffer_bytes: chgate::settings::DEFAULT_RESPONSE_BUFFER_BYTES,
         access_policy: fixture_policy(issuer.url()),
-        in_azure: false,
+        place: chgate::access::Place {
+            in_azure: false,
+            allow_dev_issuers: true,
+        },
         // Tests rotate keys and expect the next unknown kid to refresh at once.
         token: VerifyOptions {
             min_refresh_gap: std::time::Duration::ZERO,

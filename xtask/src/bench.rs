@@ -90,6 +90,7 @@ async fn start_handler(root: &Path, connection: &Connection, port: u16) -> anyho
         .current_dir(root)
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .env("RUST_LOG", "warn")
+        .env("CHGATE_ALLOW_DEV_ISSUERS", "1")
         .envs(connection.env())
         .kill_on_drop(true)
         .spawn()
