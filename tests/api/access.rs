@@ -460,3 +460,42 @@ async fn a_second_issuer_form_is_accepted_only_when_the_policy_names_it() {
         .expect("sign");
     refused(&app, &other, "issuer is not trusted").await;
 }
+
+#[tokio::test]
+async fn a_burst_of_unknown_kids_makes_at_most_one_jwks_fetch() {
+    // The rate limit as deployed (30 s), not the tests' default of none.
+    let app = spawn_app_with(|settings| settings.token.min_refresh_gap = std::time::Duration::from_secs(30)).await;
+    // A good request first, so that the keys are in hand.
+    assert_eq!(app.get("echo", &[]).await.status(), 200);
+    let before = app.issuer.jwks_requests();
+    let stranger = DevKey::generate().expect("key");
+    let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": "never-published"});
+    let forged = stranger
+        .sign_with_header(&header, &good_claims(app.issuer.url()))
+        .expect("sign");
+    let attempts = (0..20).map(|_| app.get_as(&forged, "echo", &[]));
+    for response in futures_util::future::join_all(attempts).await {
+        assert_eq!(response.status(), 401);
+    }
+    let fetched = app.issuer.jwks_requests() - before;
+    assert!(fetched <= 1, "20 unknown kids made {fetched} JWKS fetches");
+}
+
+#[tokio::test]
+async fn the_last_good_keys_keep_working_while_the_issuer_is_down() {
+    // Keys go stale at once, so every request wants a refresh.
+    let app = spawn_app_with(|settings| settings.token.refresh_every = std::time::Duration::ZERO).await;
+    assert_eq!(app.get("echo", &[]).await.status(), 200);
+    let token = app.token.clone();
+    let address = app.address.clone();
+    app.issuer_down().await;
+    for _ in 0..3 {
+        let response = reqwest::Client::new()
+            .get(format!("{address}/api/echo"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), 200, "cached keys serve through the outage");
+    }
+}

@@ -202,6 +202,11 @@ impl TestApp {
         self.issuer.token(subject, claims).expect("signing")
     }
 
+    /// Stops the app's token issuer (an identity provider outage).
+    pub async fn issuer_down(&self) {
+        self.issuer.pause().await;
+    }
+
     /// A token of an analyst of `tenant`.
     pub fn analyst_of(&self, tenant: &str) -> String {
         self.token_for(

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -132,6 +133,7 @@ pub struct DevIssuer {
     url: String,
     key: Arc<DevKey>,
     server: actix_web::dev::ServerHandle,
+    jwks_requests: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for DevIssuer {
@@ -162,9 +164,12 @@ impl DevIssuer {
         let url = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
         let key = Arc::new(key);
         let state = web::Data::new((url.clone(), key.clone()));
+        let jwks_requests = Arc::new(AtomicUsize::new(0));
+        let counter = web::Data::from(jwks_requests.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(counter.clone())
                 .route("/.well-known/openid-configuration", web::get().to(discovery))
                 .route("/jwks", web::get().to(jwks))
                 .route("/token", web::post().to(token))
@@ -179,6 +184,7 @@ impl DevIssuer {
             url,
             key,
             server: handle,
+            jwks_requests,
         })
     }
 
@@ -195,8 +201,18 @@ impl DevIssuer {
         &self.key
     }
 
+    /// How many times the JWKS was fetched.
+    pub fn jwks_requests(&self) -> usize {
+        self.jwks_requests.load(Ordering::SeqCst)
+    }
+
     pub async fn stop(self) {
         self.server.stop(true).await;
+    }
+
+    /// Stops serving (an outage), keeping the key for signing.
+    pub async fn pause(&self) {
+        self.server.stop(false).await;
     }
 }
 
@@ -216,7 +232,8 @@ async fn discovery(state: IssuerState) -> HttpResponse {
     }))
 }
 
-async fn jwks(state: IssuerState) -> HttpResponse {
+async fn jwks(state: IssuerState, requests: web::Data<AtomicUsize>) -> HttpResponse {
+    requests.fetch_add(1, Ordering::SeqCst);
     HttpResponse::Ok().json(state.1.jwks())
 }
 
