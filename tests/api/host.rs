@@ -4,7 +4,24 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+/// Posts an invocation payload as the host does and returns the envelope (always a 200).
+async fn invoke(app: &TestApp, function: &str, payload: &Value) -> Value {
+    let response = app
+        .api_client
+        .post(format!("{}/{function}", app.address))
+        .json(payload)
+        .send()
+        .await
+        .expect("invocation");
+    assert_eq!(
+        response.status(),
+        200,
+        "the host fails any invocation that is not a 200"
+    );
+    response.json().await.expect("envelope")
+}
 
 /// The host forwards the caller's headers, Authorization included.
 fn with_token(token: &str, headers: Value) -> Value {
@@ -69,16 +86,7 @@ async fn an_invocation_with_a_json_body_binds_it() {
         json!({"Content-Type": ["application/json"], "X-Request-Id": ["caller-9"]}),
         Some(r#"{"n": -3, "s": "x"}"#),
     );
-    let envelope: Value = app
-        .api_client
-        .post(format!("{}/echo", app.address))
-        .json(&payload)
-        .send()
-        .await
-        .expect("invocation")
-        .json()
-        .await
-        .expect("json");
+    let envelope: Value = invoke(&app, "echo", &payload).await;
     let res = &envelope["Outputs"]["res"];
     assert_eq!(res["statusCode"], "200");
     assert_eq!(res["headers"]["X-Request-Id"], "caller-9");
@@ -116,22 +124,18 @@ async fn an_invocation_error_is_a_problem_inside_a_200_envelope() {
 #[tokio::test]
 async fn binary_formats_are_refused_in_invocation_mode() {
     let app = spawn_app().await;
-    let envelope: Value = app
-        .api_client
-        .post(format!("{}/numbers", app.address))
-        .json(&invocation(
+    let envelope: Value = invoke(
+        &app,
+        "numbers",
+        &invocation(
             &app.token,
             "GET",
             json!({"rows": "3", "format": "parquet"}),
             json!({}),
             None,
-        ))
-        .send()
-        .await
-        .expect("invocation")
-        .json()
-        .await
-        .expect("json");
+        ),
+    )
+    .await;
     assert_eq!(envelope["Outputs"]["res"]["statusCode"], "406");
 }
 
@@ -176,16 +180,12 @@ async fn a_malformed_invocation_still_gets_a_200_envelope() {
 #[tokio::test]
 async fn invocation_errors_keep_their_headers_and_params_cannot_smuggle_values() {
     let app = spawn_app().await;
-    let envelope: Value = app
-        .api_client
-        .post(format!("{}/numbers", app.address))
-        .json(&invocation(&app.token, "POST", json!({}), json!({}), None))
-        .send()
-        .await
-        .expect("invocation")
-        .json()
-        .await
-        .expect("json");
+    let envelope: Value = invoke(
+        &app,
+        "numbers",
+        &invocation(&app.token, "POST", json!({}), json!({}), None),
+    )
+    .await;
     assert_eq!(envelope["Outputs"]["res"]["statusCode"], "405");
     assert_eq!(envelope["Outputs"]["res"]["headers"]["Allow"], "GET");
 
