@@ -476,3 +476,41 @@ async fn credentials_clickhouse_refuses_are_a_503_not_a_failed_query() {
     assert_eq!(response.headers()["retry-after"], "5");
     assert_eq!(problem(response, 503).await["code"], "clickhouse_unavailable");
 }
+
+#[tokio::test]
+async fn a_request_id_already_running_is_409_not_a_second_query() {
+    let app = spawn_app().await;
+    let request = |app: &crate::helpers::TestApp| {
+        app.api_client
+            .get(format!("{}/api/slow", app.address))
+            .header("x-request-id", "same-id-twice")
+            .send()
+    };
+    let first = request(&app);
+    let second = async {
+        // Sent while the first still runs (it runs for a second before timing out).
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        request(&app).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    // Whichever reaches ClickHouse first runs (and times out); the other is refused.
+    let mut codes = Vec::new();
+    for response in [first.expect("first"), second.expect("second")] {
+        let status = response.status().as_u16();
+        codes.push((
+            status,
+            problem(response, status).await["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ));
+    }
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            (409, "duplicate_request_id".to_owned()),
+            (504, "query_timeout".to_owned())
+        ]
+    );
+}

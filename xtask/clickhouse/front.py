@@ -41,6 +41,11 @@ from clickhouse_cityhash.cityhash import CityHash128
 # session state (current database, settings) is shared, so every use of it holds this lock.
 ENGINE_LOCK = threading.Lock()
 
+# The query ids of requests in progress (waiting for the engine or running), like a server's
+# system.processes: a second query with a running id is refused, as ClickHouse does.
+RUNNING_QUERIES = set()
+RUNNING_LOCK = threading.Lock()
+
 # Like a server's output buffer: results up to this size are held back so that an error in
 # them still gets a proper status; bigger results stream and a late error is appended to the
 # body the way ClickHouse does it.
@@ -542,6 +547,18 @@ class FrontHandler(BaseHTTPRequestHandler):
         if trailing:
             output_format = trailing.group(1)
 
+        with RUNNING_LOCK:
+            if query_id in RUNNING_QUERIES:
+                raise self.engine.error(
+                    "QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING", f"Query with id = {query_id} is already running.")
+            RUNNING_QUERIES.add(query_id)
+        try:
+            self.run_locked(request, statement, keyword, insert_format, settings, output_format, params, query_id)
+        finally:
+            with RUNNING_LOCK:
+                RUNNING_QUERIES.discard(query_id)
+
+    def run_locked(self, request, statement, keyword, insert_format, settings, output_format, params, query_id):
         with ENGINE_LOCK:
             applied = []
             database = request.params.get("database") or request.params.get("default_database")
