@@ -34,6 +34,16 @@ impl From<clickhouse::error::Error> for QueryError {
     }
 }
 
+impl QueryError {
+    /// Itself when it is a ClickHouse exception, otherwise `fallback()`.
+    pub fn into_exception_or(self, fallback: impl FnOnce() -> QueryError) -> QueryError {
+        match self {
+            exception @ Self::Exception { .. } => exception,
+            _ => fallback(),
+        }
+    }
+}
+
 /// Reads `Code: N. DB::Exception: message (NAME) (version ...)`.
 fn parse_exception(text: &str) -> Option<QueryError> {
     let start = text.find("Code: ")? + "Code: ".len();

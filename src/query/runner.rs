@@ -1,7 +1,7 @@
 //! The query runner: one `clickhouse::Client` for the process, one request per query, with
 //! the endpoint's limits as ClickHouse settings and the values as server-side parameters.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use clickhouse::Client;
 use clickhouse::query::BytesCursor;
 
@@ -35,7 +35,14 @@ impl std::fmt::Debug for QueryRunner {
 /// A running query's result, as ClickHouse streams it.
 pub struct ResultStream {
     cursor: BytesCursor,
+    /// The last bytes read, held back until the next chunk or the end: an exception written
+    /// after rows (the server's `__exception__` trailer) must never reach the caller as data.
+    tail: BytesMut,
+    done: bool,
 }
+
+/// How many bytes of the result are held back (an exception message is well under this).
+const HELD_TAIL_BYTES: usize = 64 * 1024;
 
 impl std::fmt::Debug for ResultStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,10 +51,96 @@ impl std::fmt::Debug for ResultStream {
 }
 
 impl ResultStream {
+    fn new(cursor: BytesCursor) -> Self {
+        Self {
+            cursor,
+            tail: BytesMut::new(),
+            done: false,
+        }
+    }
+
     /// The next piece of the result; `None` at its end. An exception ClickHouse raises after
-    /// sending part of the result arrives here as an error, never as a clean end.
+    /// sending part of the result arrives here as an error, never as a clean end: the crate
+    /// detects it when the trailer arrives in one piece, and the held-back tail catches it
+    /// when the trailer is split across pieces.
     pub async fn next(&mut self) -> Result<Option<Bytes>, QueryError> {
-        Ok(self.cursor.next().await?)
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            match self.cursor.next().await? {
+                Some(chunk) => {
+                    self.tail.extend_from_slice(&chunk);
+                    if self.tail.len() > HELD_TAIL_BYTES {
+                        let ready = self.tail.len() - HELD_TAIL_BYTES;
+                        return Ok(Some(self.tail.split_to(ready).freeze()));
+                    }
+                }
+                None => {
+                    self.done = true;
+                    if let Some(error) = trailing_exception(&self.tail) {
+                        return Err(error);
+                    }
+                    return Ok((!self.tail.is_empty()).then(|| self.tail.split().freeze()));
+                }
+            }
+        }
+    }
+}
+
+/// The exception a result ends with, if it ends with one: ClickHouse 25.11+'s tagged trailer
+/// (`…\r\n__exception__\r\n`), or the older `Code: N. DB::Exception: …` last line.
+fn trailing_exception(tail: &[u8]) -> Option<QueryError> {
+    const MARKER: &[u8] = b"__exception__\r\n";
+    let text = if tail.ends_with(MARKER) {
+        let body = &tail[..tail.len() - MARKER.len()];
+        let start = body
+            .windows(MARKER.len())
+            .position(|window| window == MARKER)
+            .map_or(0, |at| at + MARKER.len());
+        String::from_utf8_lossy(&body[start..]).into_owned()
+    } else {
+        let trimmed = tail.strip_suffix(b"\n")?;
+        let line_start = trimmed.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
+        let line = String::from_utf8_lossy(&trimmed[line_start..]).into_owned();
+        if !(line.starts_with("Code: ") && line.contains("DB::Exception:")) {
+            return None;
+        }
+        line
+    };
+    Some(
+        QueryError::from(clickhouse::error::Error::BadResponse(text.clone()))
+            .into_exception_or(|| QueryError::Other(format!("exception after the result started: {text}"))),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tagged_trailer_is_an_exception_wherever_the_pieces_split() {
+        let tail = b"{\"n\":1}\n\r\n__exception__\r\nTAG\r\nCode: 395. DB::Exception: boom. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO) (version 26.9)\n80 TAG\r\n__exception__\r\n";
+        match trailing_exception(tail) {
+            Some(QueryError::Exception { code, .. }) => assert_eq!(code, 395),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_old_style_last_line_is_an_exception() {
+        let tail = b"1\n2\nCode: 159. DB::Exception: Timeout exceeded. (TIMEOUT_EXCEEDED) (version 24.8)\n";
+        assert!(matches!(
+            trailing_exception(tail),
+            Some(QueryError::Exception { code: 159, .. })
+        ));
+    }
+
+    #[test]
+    fn ordinary_results_are_not_exceptions() {
+        assert!(trailing_exception(b"").is_none());
+        assert!(trailing_exception(b"{\"a\":\"x))\"}\n").is_none());
+        assert!(trailing_exception(b"\"path\",\"views\"\n\"/\",3\n").is_none());
     }
 }
 
@@ -145,6 +238,6 @@ impl QueryRunner {
             query = query.param(name, value);
         }
         let cursor = query.fetch_bytes(format.clickhouse_format())?;
-        Ok(ResultStream { cursor })
+        Ok(ResultStream::new(cursor))
     }
 }
