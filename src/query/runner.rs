@@ -114,36 +114,6 @@ fn trailing_exception(tail: &[u8]) -> Option<QueryError> {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tagged_trailer_is_an_exception_wherever_the_pieces_split() {
-        let tail = b"{\"n\":1}\n\r\n__exception__\r\nTAG\r\nCode: 395. DB::Exception: boom. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO) (version 26.9)\n80 TAG\r\n__exception__\r\n";
-        match trailing_exception(tail) {
-            Some(QueryError::Exception { code, .. }) => assert_eq!(code, 395),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn an_old_style_last_line_is_an_exception() {
-        let tail = b"1\n2\nCode: 159. DB::Exception: Timeout exceeded. (TIMEOUT_EXCEEDED) (version 24.8)\n";
-        assert!(matches!(
-            trailing_exception(tail),
-            Some(QueryError::Exception { code: 159, .. })
-        ));
-    }
-
-    #[test]
-    fn ordinary_results_are_not_exceptions() {
-        assert!(trailing_exception(b"").is_none());
-        assert!(trailing_exception(b"{\"a\":\"x))\"}\n").is_none());
-        assert!(trailing_exception(b"\"path\",\"views\"\n\"/\",3\n").is_none());
-    }
-}
-
 impl QueryRunner {
     pub fn new(settings: &ClickHouseSettings, policy: &AccessPolicy) -> Self {
         let client = |user: &str, password: &str| {
@@ -239,5 +209,35 @@ impl QueryRunner {
         }
         let cursor = query.fetch_bytes(format.clickhouse_format())?;
         Ok(ResultStream::new(cursor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tagged_trailer_is_an_exception_wherever_the_pieces_split() {
+        let tail = b"{\"n\":1}\n\r\n__exception__\r\nTAG\r\nCode: 395. DB::Exception: boom. (FUNCTION_THROW_IF_VALUE_IS_NON_ZERO) (version 26.9)\n80 TAG\r\n__exception__\r\n";
+        match trailing_exception(tail) {
+            Some(QueryError::Exception { code, .. }) => assert_eq!(code, 395),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_old_style_last_line_is_an_exception() {
+        let tail = b"1\n2\nCode: 159. DB::Exception: Timeout exceeded. (TIMEOUT_EXCEEDED) (version 24.8)\n";
+        assert!(matches!(
+            trailing_exception(tail),
+            Some(QueryError::Exception { code: 159, .. })
+        ));
+    }
+
+    #[test]
+    fn ordinary_results_are_not_exceptions() {
+        assert!(trailing_exception(b"").is_none());
+        assert!(trailing_exception(b"{\"a\":\"x))\"}\n").is_none());
+        assert!(trailing_exception(b"\"path\",\"views\"\n\"/\",3\n").is_none());
     }
 }
