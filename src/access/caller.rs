@@ -45,16 +45,6 @@ impl Caller {
         }
     }
 
-    pub fn subject(&self) -> &str {
-        &self.subject
-    }
-    pub fn tenant(&self) -> Option<&str> {
-        self.tenant.as_deref()
-    }
-    pub fn roles(&self) -> &[Role] {
-        &self.roles
-    }
-
     /// The permission to run `endpoint`: the first of the endpoint's roles the caller holds,
     /// and a tenant whenever the endpoint's SQL is filtered by one.
     pub fn grant<'e>(&self, endpoint: &'e Endpoint) -> Result<Grant<'e>, AccessError> {

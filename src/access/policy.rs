@@ -200,14 +200,7 @@ impl AccessPolicy {
         for issuer in toml.issuers {
             let key = issuer.name.to_ascii_uppercase().replace('-', "_");
             let url = env(&format!("CHGATE_ISSUER__{key}__URL")).unwrap_or(issuer.url);
-            let audiences = env(&format!("CHGATE_ISSUER__{key}__AUDIENCES"))
-                .map(|list| {
-                    list.split(',')
-                        .map(|a| a.trim().to_owned())
-                        .filter(|a| !a.is_empty())
-                        .collect()
-                })
-                .unwrap_or(issuer.audiences);
+            let audiences = list_setting(env, &format!("CHGATE_ISSUER__{key}__AUDIENCES")).unwrap_or(issuer.audiences);
             if audiences.is_empty() {
                 problems.push(format!(
                     "issuer {}: audiences is empty; list the token audiences this API accepts",
@@ -225,14 +218,8 @@ impl AccessPolicy {
                     issuer.name
                 ));
             }
-            let also_accept = env(&format!("CHGATE_ISSUER__{key}__ALSO_ACCEPT"))
-                .map(|list| {
-                    list.split(',')
-                        .map(|a| a.trim().to_owned())
-                        .filter(|a| !a.is_empty())
-                        .collect()
-                })
-                .unwrap_or(issuer.also_accept);
+            let also_accept =
+                list_setting(env, &format!("CHGATE_ISSUER__{key}__ALSO_ACCEPT")).unwrap_or(issuer.also_accept);
             let mut accepted_iss = vec![url.clone()];
             accepted_iss.extend(also_accept);
             issuers.push(Issuer {
@@ -403,6 +390,16 @@ impl AccessPolicy {
             None => Some(value.to_owned()),
         }
     }
+}
+
+/// A comma-separated app setting as a list (empty items dropped), if the setting is present.
+fn list_setting(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<Vec<String>> {
+    env(name).map(|list| {
+        list.split(',')
+            .map(|item| item.trim().to_owned())
+            .filter(|item| !item.is_empty())
+            .collect()
+    })
 }
 
 /// A claim's values: an array's strings, or a string split on spaces (as `scp` and `scope`

@@ -124,10 +124,6 @@ impl TokenVerifier {
         Self { issuers, options }
     }
 
-    pub fn has_issuers(&self) -> bool {
-        !self.issuers.is_empty()
-    }
-
     /// Fetches every issuer's keys now (at start-up; failures are logged and retried later).
     pub async fn prefetch(&self) {
         for issuer in &self.issuers {

@@ -137,22 +137,32 @@ impl Catalog {
 
     /// Finds the endpoint for a path below the route prefix and a method.
     pub fn match_route(&self, path: &str, method: Method) -> RouteMatch<'_> {
-        let mut allowed = Vec::new();
         for endpoint in &self.endpoints {
-            if let Some(route_params) = endpoint.route().matches(path) {
-                if endpoint.methods().contains(&method) {
-                    return RouteMatch::Found { endpoint, route_params };
-                }
-                allowed.extend_from_slice(endpoint.methods());
+            if endpoint.methods().contains(&method)
+                && let Some(route_params) = endpoint.route().matches(path)
+            {
+                return RouteMatch::Found { endpoint, route_params };
             }
         }
+        let allowed = self.methods_at(path);
         if allowed.is_empty() {
             RouteMatch::NotFound
         } else {
-            allowed.sort();
-            allowed.dedup();
             RouteMatch::MethodNotAllowed(allowed)
         }
+    }
+
+    /// The methods some endpoint answers at this path (none: no endpoint lives there).
+    pub fn methods_at(&self, path: &str) -> Vec<Method> {
+        let mut methods: Vec<Method> = self
+            .endpoints
+            .iter()
+            .filter(|endpoint| endpoint.route().matches(path).is_some())
+            .flat_map(|endpoint| endpoint.methods().iter().copied())
+            .collect();
+        methods.sort();
+        methods.dedup();
+        methods
     }
 }
 

@@ -12,9 +12,10 @@ use serde_json::{Value, json};
 
 use super::MAX_BODY_BYTES;
 use super::problem::ApiError;
-use super::query::{AppState, QueryRequest, read_body, shorten, start_query};
+use super::query::{AppState, QueryRequest, read_body, start_query};
 use crate::catalog::Method;
 use crate::catalog::format::OutputFormat;
+use crate::text::shorten;
 
 /// The host's invocation request (only what an HTTP trigger sends is read).
 #[derive(Debug, Deserialize)]

@@ -16,7 +16,7 @@ pub fn choose_format(
             Ok(format) if offered.contains(&format) => Ok(format),
             _ => Err(format!(
                 "format {:?} is not available here; choose one of: {}",
-                super::query::shorten(name),
+                crate::text::shorten(name),
                 list()
             )),
         };

@@ -16,6 +16,7 @@ use crate::access::{AccessPolicy, Caller, TokenError, TokenVerifier};
 use crate::catalog::format::OutputFormat;
 use crate::catalog::{Catalog, Endpoint, Method, RouteMatch};
 use crate::query::{QueryRunner, RequestValues, ResultStream, bind};
+use crate::text::shorten;
 
 /// What every request handler shares.
 #[derive(Debug)]
@@ -230,35 +231,24 @@ pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppSt
         actix_web::http::Method::POST => Some(Method::Post),
         _ => None,
     };
-    let (endpoint, route_params) = match method.map(|m| state.catalog.match_route(route_path, m)) {
-        Some(RouteMatch::Found { endpoint, route_params }) => (endpoint, route_params),
-        Some(RouteMatch::MethodNotAllowed(allowed)) => {
-            return ApiError::MethodNotAllowed {
-                method: request.method().to_string(),
-                allowed,
-            }
-            .to_response(&request_id);
-        }
-        Some(RouteMatch::NotFound) => {
-            return ApiError::NotFound(shorten(request.path())).to_response(&request_id);
-        }
-        None => {
-            // Not GET or POST: a 405 if the path exists for any method, else a 404.
-            return match state.catalog.match_route(route_path, Method::Get) {
-                RouteMatch::NotFound => match state.catalog.match_route(route_path, Method::Post) {
-                    RouteMatch::NotFound => ApiError::NotFound(shorten(request.path())),
-                    RouteMatch::Found { endpoint, .. } => method_not_allowed(&request, endpoint.methods().to_vec()),
-                    RouteMatch::MethodNotAllowed(allowed) => method_not_allowed(&request, allowed),
-                },
-                RouteMatch::Found { endpoint, .. } => method_not_allowed(&request, endpoint.methods().to_vec()),
-                RouteMatch::MethodNotAllowed(allowed) => method_not_allowed(&request, allowed),
-            }
-            .to_response(&request_id);
-        }
+    let Some(method) = method else {
+        // A method no query endpoint answers: 405 if the path exists, else 404.
+        let allowed = state.catalog.methods_at(route_path);
+        let error = if allowed.is_empty() {
+            ApiError::NotFound(shorten(request.path()))
+        } else {
+            method_not_allowed(&request, allowed)
+        };
+        return error.to_response(&request_id);
+    };
+    let (endpoint, route_params) = match state.catalog.match_route(route_path, method) {
+        RouteMatch::Found { endpoint, route_params } => (endpoint, route_params),
+        RouteMatch::MethodNotAllowed(allowed) => return method_not_allowed(&request, allowed).to_response(&request_id),
+        RouteMatch::NotFound => return ApiError::NotFound(shorten(request.path())).to_response(&request_id),
     };
     let query_request = QueryRequest {
         endpoint,
-        method: method.unwrap_or(Method::Get),
+        method,
         route_params: decode_route_params(route_params),
         query_pairs: match query_pairs(request.query_string()) {
             Ok(pairs) => pairs,
@@ -308,16 +298,6 @@ pub fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
             Ok((decode(key)?, decode(value)?))
         })
         .collect()
-}
-
-/// Caller-provided text echoed in an error is cut short.
-pub fn shorten(text: &str) -> String {
-    const MAX: usize = 64;
-    if text.chars().count() <= MAX {
-        text.to_owned()
-    } else {
-        format!("{}…", text.chars().take(MAX).collect::<String>())
-    }
 }
 
 fn decode_route_params(params: Vec<(String, String)>) -> Vec<(String, String)> {

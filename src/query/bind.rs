@@ -4,6 +4,7 @@
 use crate::catalog::Endpoint;
 use crate::catalog::endpoint::RESERVED_CALLER_PARAMS;
 use crate::catalog::param::{ParamError, ParamValue, RawValue};
+use crate::text::shorten;
 
 /// The parameter values of one request, as the client sent them.
 #[derive(Debug)]
@@ -76,7 +77,7 @@ pub fn bind(
                 known.join(", ")
             };
             return Err(BindError::Unknown {
-                name: truncate(key),
+                name: shorten(key),
                 known,
             });
         }
@@ -121,13 +122,4 @@ fn missing(spec: &crate::catalog::param::ParamSpec) -> Result<ParamValue, BindEr
         return Err(BindError::Missing(spec.name().to_owned()));
     }
     Ok(spec.missing()?)
-}
-
-/// Keys are echoed in errors; a hostile one must not make the error huge.
-fn truncate(key: &str) -> String {
-    if key.chars().count() <= 64 {
-        key.to_owned()
-    } else {
-        format!("{}…", key.chars().take(64).collect::<String>())
-    }
 }
