@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use xtask::dev_issuer::{self, DevKey};
 use xtask::sample::{Event, Generator};
 
-use crate::helpers::{TestApp, fixture_policy, problem, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, fixture_policy, problem, spawn_app, spawn_app_with, use_shipped_catalog};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -264,12 +264,7 @@ async fn seed_globex_markers(app: &TestApp) {
 
 #[tokio::test]
 async fn an_analyst_of_one_tenant_never_sees_a_row_of_another() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let app = spawn_app_with(|settings| {
-        settings.functions_dir = root.join("functions");
-        settings.host_json = root.join("host.json");
-    })
-    .await;
+    let app = spawn_app_with(use_shipped_catalog).await;
     app.seed_events(10_000).await;
     seed_globex_markers(&app).await;
     let acme = app.analyst_of("acme");
@@ -353,10 +348,8 @@ async fn access_token(issuer: &str, client: &str) -> String {
 #[tokio::test]
 async fn tokens_of_a_certified_openid_provider_work_across_a_key_rotation() {
     let issuer = oidc_issuer();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let app = spawn_app_with(|settings| {
-        settings.functions_dir = root.join("functions");
-        settings.host_json = root.join("host.json");
+        use_shipped_catalog(settings);
         settings.access_policy = fixture_policy(&issuer);
     })
     .await;

@@ -3,15 +3,10 @@
 
 use serde_json::Value;
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, spawn_app_with, use_shipped_catalog};
 
 async fn examples_app() -> TestApp {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let app = spawn_app_with(|settings| {
-        settings.functions_dir = root.join("functions");
-        settings.host_json = root.join("host.json");
-    })
-    .await;
+    let app = spawn_app_with(use_shipped_catalog).await;
     app.seed_events(30_000).await;
     app
 }

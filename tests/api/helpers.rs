@@ -104,6 +104,14 @@ pub fn fixture_policy(issuer: &str) -> std::path::PathBuf {
     path
 }
 
+/// Settings for the shipped catalog (functions/ and host.json at the repository root) instead
+/// of the fixture one.
+pub fn use_shipped_catalog(settings: &mut Settings) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    settings.functions_dir = root.join("functions");
+    settings.host_json = root.join("host.json");
+}
+
 /// The fixture catalog (tests/fixtures/endpoints) over a fresh database.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await

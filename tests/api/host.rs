@@ -100,19 +100,13 @@ async fn an_invocation_with_a_json_body_binds_it() {
 #[tokio::test]
 async fn an_invocation_error_is_a_problem_inside_a_200_envelope() {
     let app = spawn_app().await;
-    let response = app
-        .api_client
-        .post(format!("{}/echo", app.address))
-        .json(&invocation(&app.token, "GET", json!({"n": "99999"}), json!({}), None))
-        .send()
-        .await
-        .expect("invocation");
-    assert_eq!(
-        response.status(),
-        200,
-        "a non-2xx would fail the invocation in the host"
-    );
-    let envelope: Value = response.json().await.expect("json");
+    // `invoke` checks the envelope is a 200: a non-2xx would fail the invocation in the host.
+    let envelope = invoke(
+        &app,
+        "echo",
+        &invocation(&app.token, "GET", json!({"n": "99999"}), json!({}), None),
+    )
+    .await;
     let res = &envelope["Outputs"]["res"];
     assert_eq!(res["statusCode"], "400");
     assert_eq!(res["headers"]["Content-Type"], "application/problem+json");
@@ -191,14 +185,7 @@ async fn invocation_errors_keep_their_headers_and_params_cannot_smuggle_values()
 
     let mut payload = invocation(&app.token, "GET", json!({}), json!({}), None);
     payload["Data"]["req"]["Params"] = json!({"n": "7"});
-    let response = app
-        .api_client
-        .post(format!("{}/echo", app.address))
-        .json(&payload)
-        .send()
-        .await
-        .expect("call");
-    let envelope: Value = response.json().await.expect("json");
+    let envelope = invoke(&app, "echo", &payload).await;
     let body: Value = serde_json::from_str(envelope["Outputs"]["res"]["body"].as_str().expect("body")).expect("json");
     assert_eq!(body["data"][0]["n"], 0, "Params binds route parameters only");
 }

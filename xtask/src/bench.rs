@@ -149,14 +149,7 @@ async fn measure(
                 }
             })
             .await?;
-            let gateway = drive(concurrency, duration, {
-                let (http, url, token) = (http.clone(), url.clone(), token.clone());
-                move || {
-                    let (http, url, token) = (http.clone(), url.clone(), token.clone());
-                    async move { gateway_once(&http, &url, &token, case.params, 200).await }
-                }
-            })
-            .await?;
+            let gateway = drive_gateway(concurrency, duration, &http, &url, &token, case.params, 200).await?;
             println!(
                 "{:<26} {:>4} | {:>8.2} {:>8.2} {:>8.0} | {:>8.2} {:>8.2} {:>8.0} | {:>6.2} {:>6.2} {:>6.2}",
                 case.label,
@@ -196,22 +189,8 @@ async fn auth_cost(
         "conc", "route µs p50", "rps", "verify µs p50", "rps", "auth µs/request"
     );
     for &concurrency in levels {
-        let route_only = drive(concurrency, duration, {
-            let (http, url, token) = (http.clone(), unknown.clone(), token.clone());
-            move || {
-                let (http, url, token) = (http.clone(), url.clone(), token.clone());
-                async move { gateway_once(&http, &url, &token, &[], 404).await }
-            }
-        })
-        .await?;
-        let verified = drive(concurrency, duration, {
-            let (http, url, token) = (http.clone(), refused.clone(), token.clone());
-            move || {
-                let (http, url, token) = (http.clone(), url.clone(), token.clone());
-                async move { gateway_once(&http, &url, &token, &[], 403).await }
-            }
-        })
-        .await?;
+        let route_only = drive_gateway(concurrency, duration, http, &unknown, &token, &[], 404).await?;
+        let verified = drive_gateway(concurrency, duration, http, &refused, &token, &[], 403).await?;
         let (route_us, verify_us) = (route_only.percentile(0.5) * 1000.0, verified.percentile(0.5) * 1000.0);
         println!(
             "{:>4} | {:>12.0} {:>8.0} | {:>12.0} {:>8.0} | {:>14.0}",
@@ -264,6 +243,24 @@ async fn gateway_once(
         bail!("{url}: {status}: {}", String::from_utf8_lossy(&body));
     }
     Ok(())
+}
+
+/// Runs `concurrency` loops of one handler request, each expecting `expected`.
+async fn drive_gateway(
+    concurrency: usize,
+    duration: Duration,
+    http: &reqwest::Client,
+    url: &Arc<String>,
+    token: &Arc<String>,
+    params: &'static [(&'static str, &'static str)],
+    expected: u16,
+) -> anyhow::Result<Run> {
+    let (http, url, token) = (http.clone(), url.clone(), token.clone());
+    drive(concurrency, duration, move || {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        async move { gateway_once(&http, &url, &token, params, expected).await }
+    })
+    .await
 }
 
 /// Runs `concurrency` loops of `request` for `duration`, collecting every latency.
