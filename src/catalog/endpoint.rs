@@ -281,15 +281,10 @@ pub fn load(root: &Path, name: &str, route_prefix: &str, rules: &AccessRules) ->
         }
     };
     let params = build_params(&endpoint_toml, &toml_text, &mut problems);
-    let caller_params = check_sql(&sql_text, &params, &endpoint_toml, &toml_text, &mut problems);
-    check_access(
-        &sql_text,
-        &caller_params,
-        &endpoint_toml,
-        &toml_text,
-        rules,
-        &mut problems,
-    );
+    // Read once; both checks look at the same reading of the SQL.
+    let scan = sql::scan(&sql_text);
+    let caller_params = check_sql(&scan, &params, &endpoint_toml, &toml_text, &mut problems);
+    check_access(&scan, &caller_params, &endpoint_toml, &toml_text, rules, &mut problems);
     if let Some(route) = &route {
         for route_param in route.param_names() {
             if !params.contains_key(route_param) {
@@ -518,13 +513,12 @@ fn build_params(
 
 /// Cross-checks query.sql with the declared parameters; returns the caller parameters used.
 fn check_sql(
-    sql_text: &str,
+    scan: &sql::SqlScan,
     params: &BTreeMap<String, ParamSpec>,
     endpoint_toml: &EndpointToml,
     toml_text: &str,
     problems: &mut Problems<'_>,
 ) -> Vec<&'static str> {
-    let scan = sql::scan(sql_text);
     if scan.first_keyword.is_empty() {
         problems.add("query.sql", None, "the query is empty");
     } else if !matches!(scan.first_keyword.as_str(), "SELECT" | "WITH" | "(") {
@@ -638,7 +632,7 @@ fn check_sql(
 /// and it filters tenant-scoped tables by the caller's tenant unless only cross-tenant roles
 /// may call it.
 fn check_access(
-    sql_text: &str,
+    scan: &sql::SqlScan,
     caller_params: &[&'static str],
     endpoint_toml: &EndpointToml,
     toml_text: &str,
@@ -666,7 +660,6 @@ fn check_access(
             );
         }
     }
-    let scan = sql::scan(sql_text);
     for setting in &rules.protected_settings {
         if scan.identifiers.contains(setting) {
             problems.add(
