@@ -3,6 +3,7 @@
 
 use std::env;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -31,6 +32,40 @@ pub struct Settings {
     /// `CHGATE_TOKEN_SKEW_SECONDS` (default 60) and `CHGATE_JWKS_MIN_REFRESH_SECONDS` (default
     /// 30): clock skew allowed on token times; least time between key refreshes on unknown kids.
     pub token: crate::access::VerifyOptions,
+    /// Deadlines, the result cache and the circuit breaker.
+    pub serving: ServingSettings,
+}
+
+/// How requests are served under load.
+#[derive(Debug, Clone, Copy)]
+pub struct ServingSettings {
+    /// `CHGATE_REQUEST_TIMEOUT_SECONDS` (default 60, at most 230, the Functions HTTP limit):
+    /// each request's deadline; a caller's `X-Request-Timeout` can only shorten it.
+    pub request_timeout: Duration,
+    /// `CHGATE_CACHE_MAX_BYTES` (default 128 MiB): the result cache's size.
+    pub cache_max_bytes: u64,
+    /// `CHGATE_CACHE_MAX_ENTRY_BYTES` (default 4 MiB): larger results are not cached.
+    pub cache_max_entry_bytes: usize,
+    /// `CHGATE_BREAKER_FAILURES` (default 5): consecutive failures to reach ClickHouse that
+    /// open the circuit.
+    pub breaker_failures: u32,
+    /// `CHGATE_BREAKER_COOLDOWN_SECONDS` (default 5): how long it stays open before a probe.
+    pub breaker_cooldown: Duration,
+}
+
+/// The Functions host's limit on an HTTP-triggered response (the load balancer's idle timeout).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(230);
+
+impl Default for ServingSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(60),
+            cache_max_bytes: 128 << 20,
+            cache_max_entry_bytes: 4 << 20,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Where ClickHouse is and who to connect as.
@@ -114,7 +149,41 @@ impl Settings {
             min_refresh_gap: seconds("CHGATE_JWKS_MIN_REFRESH_SECONDS", 30)?.max(std::time::Duration::from_secs(1)),
             ..crate::access::VerifyOptions::default()
         };
+        let number = |name: &'static str, default: u64| -> Result<u64, SettingsError> {
+            match env::var(name) {
+                Ok(value) => value
+                    .trim()
+                    .parse()
+                    .map_err(|_| SettingsError::InvalidNumber { name, value }),
+                Err(_) => Ok(default),
+            }
+        };
+        let defaults = ServingSettings::default();
+        let request_timeout = seconds("CHGATE_REQUEST_TIMEOUT_SECONDS", defaults.request_timeout.as_secs())?;
+        if request_timeout.is_zero() || request_timeout > MAX_REQUEST_TIMEOUT {
+            return Err(SettingsError::InvalidNumber {
+                name: "CHGATE_REQUEST_TIMEOUT_SECONDS",
+                value: format!(
+                    "{} (1 to 230: the Functions host cuts HTTP responses at 230 s)",
+                    request_timeout.as_secs()
+                ),
+            });
+        }
+        let serving = ServingSettings {
+            request_timeout,
+            cache_max_bytes: number("CHGATE_CACHE_MAX_BYTES", defaults.cache_max_bytes)?,
+            cache_max_entry_bytes: usize::try_from(number(
+                "CHGATE_CACHE_MAX_ENTRY_BYTES",
+                defaults.cache_max_entry_bytes as u64,
+            )?)
+            .unwrap_or(usize::MAX),
+            breaker_failures: u32::try_from(number("CHGATE_BREAKER_FAILURES", u64::from(defaults.breaker_failures))?)
+                .unwrap_or(u32::MAX)
+                .max(1),
+            breaker_cooldown: seconds("CHGATE_BREAKER_COOLDOWN_SECONDS", defaults.breaker_cooldown.as_secs())?,
+        };
         Ok(Self {
+            serving,
             port,
             access_policy: PathBuf::from(var("CHGATE_ACCESS_POLICY", "access.toml")),
             place: crate::access::Place::from_env(),

@@ -2,6 +2,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
@@ -11,6 +12,10 @@ use crate::access::{AccessPolicy, TokenVerifier};
 use crate::catalog::Catalog;
 use crate::http::{self, AppState};
 use crate::query::QueryRunner;
+use crate::query::breaker::Breaker;
+use crate::query::cache::ResultCache;
+use crate::query::executor::Executor;
+use crate::query::limits::Limiter;
 use crate::settings::Settings;
 
 /// A server bound to its port and ready to run.
@@ -49,10 +54,19 @@ impl Application {
             .with_context(|| format!("loading the endpoint catalog from {}", settings.functions_dir.display()))?;
         tracing::info!(endpoints = catalog.endpoints().len(), route_prefix = %route_prefix, "catalog loaded");
         let verifier = TokenVerifier::new(policy.issuers(), settings.token.clone());
+        let serving = settings.serving;
+        let executor = Executor::new(
+            QueryRunner::new(&settings.clickhouse, &policy),
+            Limiter::new(&policy),
+            Breaker::new(serving.breaker_failures, serving.breaker_cooldown),
+            ResultCache::new(serving.cache_max_bytes, serving.cache_max_entry_bytes),
+            deployment_version(&settings.functions_dir, &settings.access_policy),
+        );
         let state = web::Data::new(AppState {
             catalog,
-            runner: QueryRunner::new(&settings.clickhouse, &policy),
+            executor,
             response_buffer_bytes: settings.response_buffer_bytes,
+            request_timeout: serving.request_timeout,
             verifier,
             policy,
         });
@@ -76,6 +90,41 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// A digest of the catalog's files and the access policy: part of every cache key, so that a
+/// cache shared across deployments could never serve one version's results to another.
+fn deployment_version(functions_dir: &Path, access_policy: &Path) -> Arc<str> {
+    let mut files = Vec::new();
+    let mut pending = vec![functions_dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|ext| ext == "sql" || ext == "toml" || ext == "json")
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files.push(access_policy.to_path_buf());
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for file in files {
+        digest.update(file.to_string_lossy().as_bytes());
+        digest.update(&std::fs::read(&file).unwrap_or_default());
+    }
+    let hash = digest.finish();
+    Arc::from(
+        hash.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    )
 }
 
 /// host.json's `extensions.http.routePrefix` ("api" when absent, as the host defaults).

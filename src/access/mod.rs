@@ -3,9 +3,11 @@
 //! no query runs.
 
 pub mod caller;
+pub mod limits;
 pub mod policy;
 pub mod report;
 pub mod token;
+pub mod verified;
 
 pub use caller::{AccessError, Caller, Grant};
 pub use policy::{AccessPolicy, Place};

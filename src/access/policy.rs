@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::limits::{InstanceLimits, InstanceLimitsToml, RoleLimits, RoleLimitsToml};
+
 /// Where the policy is used, which decides the issuers it may trust.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Place {
@@ -42,6 +44,8 @@ pub struct AccessToml {
     pub roles: BTreeMap<String, RoleToml>,
     #[serde(default)]
     pub grants: Vec<GrantToml>,
+    #[serde(default)]
+    pub limits: InstanceLimitsToml,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +99,8 @@ pub struct RoleToml {
     pub cross_tenant: bool,
     #[serde(default)]
     pub clickhouse: RoleSettingsToml,
+    #[serde(default)]
+    pub limits: RoleLimitsToml,
 }
 
 /// Per-role ClickHouse limits; each tightens the endpoint's own.
@@ -143,6 +149,7 @@ pub struct Role {
     pub max_result_bytes: Option<u64>,
     pub priority: Option<u64>,
     pub clickhouse_user: Option<(String, String)>,
+    pub limits: RoleLimits,
 }
 
 /// The checked policy.
@@ -156,6 +163,7 @@ pub struct AccessPolicy {
     tenant_column: String,
     roles: BTreeMap<String, Role>,
     grants: Vec<GrantToml>,
+    instance_limits: InstanceLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +263,7 @@ impl AccessPolicy {
             if settings.max_execution_time == Some(0) {
                 problems.push(format!("role {name}: clickhouse.max_execution_time must be at least 1"));
             }
+            let limits = RoleLimits::parse(&name, &role.limits, &mut problems);
             roles.insert(
                 name.clone(),
                 Role {
@@ -267,6 +276,7 @@ impl AccessPolicy {
                     max_result_bytes: settings.max_result_bytes,
                     priority: settings.priority,
                     clickhouse_user,
+                    limits,
                 },
             );
         }
@@ -306,6 +316,11 @@ impl AccessPolicy {
         if toml.tenant.claim.trim().is_empty() {
             problems.push("tenant.claim is empty; name the claim that holds the tenant".into());
         }
+        let instance_limits = InstanceLimits::parse(
+            &toml.limits,
+            env("CHGATE_MAX_INFLIGHT_QUERIES").as_deref(),
+            &mut problems,
+        );
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -318,7 +333,13 @@ impl AccessPolicy {
             tenant_column: toml.tables.tenant_column.unwrap_or_else(|| "tenant_id".to_owned()),
             roles,
             grants: toml.grants,
+            instance_limits,
         })
+    }
+
+    /// The instance's bound on in-flight ClickHouse queries.
+    pub fn instance_limits(&self) -> InstanceLimits {
+        self.instance_limits
     }
 
     pub fn issuers(&self) -> &[Issuer] {

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
 use super::policy::Issuer;
+use super::verified::VerifiedTokens;
 
 /// Verified claims.
 pub type Claims = Map<String, Value>;
@@ -100,6 +101,7 @@ struct IssuerKeys {
 pub struct TokenVerifier {
     issuers: Vec<Arc<IssuerKeys>>,
     options: VerifyOptions,
+    verified: VerifiedTokens,
 }
 
 impl TokenVerifier {
@@ -121,7 +123,11 @@ impl TokenVerifier {
                 })
             })
             .collect();
-        Self { issuers, options }
+        Self {
+            issuers,
+            verified: VerifiedTokens::new(options.skew),
+            options,
+        }
     }
 
     /// Fetches every issuer's keys now (at start-up; failures are logged and retried later).
@@ -133,11 +139,22 @@ impl TokenVerifier {
         }
     }
 
-    /// Verifies a token and returns its claims.
-    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    /// Verifies a token and returns its claims; a token verified before is not verified
+    /// again until it expires (see [`VerifiedTokens`]).
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         if token.len() > self.options.max_token_bytes {
             return Err(TokenError::TooLarge(self.options.max_token_bytes));
         }
+        if let Some(claims) = self.verified.get(token) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify_signed(token).await?);
+        self.verified.insert(token, Arc::clone(&claims));
+        Ok(claims)
+    }
+
+    /// The full verification: header, issuer, key, signature and claims.
+    async fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())

@@ -44,6 +44,15 @@ pub const PROTECTED_SETTINGS: [&str; 14] = [
 /// at most this much of it, leaving time to send the result.
 pub const MAX_EXECUTION_TIME_CAP: Duration = Duration::from_secs(220);
 
+/// An endpoint's result caching (`[cache]` in endpoint.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// How long a result is fresh.
+    pub ttl: Duration,
+    /// How long after that it may be served while one refresh runs.
+    pub stale: Duration,
+}
+
 /// Limits applied when endpoint.toml's `[limits]` leaves one out.
 pub const DEFAULT_MAX_EXECUTION_TIME: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_ROWS: u64 = 100_000;
@@ -112,7 +121,7 @@ pub struct Endpoint {
     caller_params: Vec<&'static str>,
     limits: Limits,
     formats: Vec<OutputFormat>,
-    cache_ttl: Option<Duration>,
+    cache: Option<CachePolicy>,
     roles: Vec<String>,
 }
 
@@ -153,8 +162,8 @@ impl Endpoint {
     pub fn formats(&self) -> &[OutputFormat] {
         &self.formats
     }
-    pub fn cache_ttl(&self) -> Option<Duration> {
-        self.cache_ttl
+    pub fn cache(&self) -> Option<CachePolicy> {
+        self.cache
     }
     pub fn roles(&self) -> &[String] {
         &self.roles
@@ -299,6 +308,7 @@ pub fn load(root: &Path, name: &str, route_prefix: &str, rules: &AccessRules) ->
         }
     }
     let limits = limits(&endpoint_toml, &toml_text, &mut problems);
+    let cache = cache_policy(&endpoint_toml, &toml_text, &mut problems);
     let formats = formats(&endpoint_toml, &toml_text, &mut problems);
     if endpoint_toml.description.trim().is_empty() {
         problems.add(
@@ -320,7 +330,7 @@ pub fn load(root: &Path, name: &str, route_prefix: &str, rules: &AccessRules) ->
             caller_params,
             limits,
             formats,
-            cache_ttl: endpoint_toml.cache_ttl.filter(|ttl| *ttl > 0).map(Duration::from_secs),
+            cache,
             roles: endpoint_toml.roles,
         }))),
         _ => Err(problems.found),
@@ -760,6 +770,34 @@ fn tenant_filters(code: &str, column: &str) -> usize {
     let placeholder = r"\{\s*caller_tenant\s*:\s*String\s*\}";
     let pattern = format!(r"(?:\b(?:\w+\.)?{column}\s*=\s*{placeholder})|(?:{placeholder}\s*=\s*(?:\w+\.)?{column}\b)");
     regex::Regex::new(&pattern).map_or(0, |re| re.find_iter(code).count())
+}
+
+/// The longest `[cache]` ttl or stale window: a day.
+const MAX_CACHE_SECONDS: u64 = 86_400;
+
+fn cache_policy(endpoint_toml: &EndpointToml, toml_text: &str, problems: &mut Problems<'_>) -> Option<CachePolicy> {
+    let cache = endpoint_toml.cache.as_ref()?;
+    let line = key_line(toml_text, "ttl");
+    if !(1..=MAX_CACHE_SECONDS).contains(&cache.ttl) {
+        problems.add(
+            "endpoint.toml",
+            line,
+            format!("cache.ttl must be 1 to {MAX_CACHE_SECONDS} seconds; remove [cache] to turn caching off"),
+        );
+        return None;
+    }
+    if cache.stale > MAX_CACHE_SECONDS {
+        problems.add(
+            "endpoint.toml",
+            key_line(toml_text, "stale"),
+            format!("cache.stale must be 0 to {MAX_CACHE_SECONDS} seconds"),
+        );
+        return None;
+    }
+    Some(CachePolicy {
+        ttl: Duration::from_secs(cache.ttl),
+        stale: Duration::from_secs(cache.stale),
+    })
 }
 
 fn limits(endpoint_toml: &EndpointToml, toml_text: &str, problems: &mut Problems<'_>) -> Limits {

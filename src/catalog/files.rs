@@ -47,12 +47,23 @@ pub struct EndpointToml {
     pub roles: Vec<String>,
     /// Result formats callers may ask for; all supported formats when absent.
     pub formats: Option<Vec<String>>,
-    /// Seconds a result may be served from cache; absent or 0 means never cached.
-    pub cache_ttl: Option<u64>,
+    /// Result caching; absent means never cached.
+    pub cache: Option<CacheToml>,
     #[serde(default)]
     pub limits: LimitsToml,
     #[serde(default)]
     pub params: BTreeMap<String, ParamToml>,
+}
+
+/// `[cache]`: how long a result may be served without running the query again.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheToml {
+    /// Seconds a result is fresh.
+    pub ttl: u64,
+    /// Seconds after that an entry may still be served while one refresh runs.
+    #[serde(default)]
+    pub stale: u64,
 }
 
 /// `[limits]`: bounds ClickHouse enforces for each run of the query.

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 
-pub use endpoint::{Endpoint, Method, Problem};
+pub use endpoint::{CachePolicy, Endpoint, Method, Problem};
 
 use endpoint::Loaded;
 

@@ -15,6 +15,7 @@ use super::problem::ApiError;
 use super::query::{AppState, QueryRequest, read_body, start_query};
 use crate::catalog::Method;
 use crate::catalog::format::OutputFormat;
+use crate::query::Answer;
 use crate::text::shorten;
 
 /// The host's invocation request (only what an HTTP trigger sends is read).
@@ -102,6 +103,7 @@ pub async fn invoke_function(
                 body: body_bytes(host_request.body.as_ref()),
                 accept: host_request.header("accept"),
                 authorization: host_request.header("authorization"),
+                timeout: host_request.header("x-request-timeout"),
             };
             run_whole(&state, query_request, &request_id).await
         }
@@ -161,12 +163,19 @@ async fn run_whole(
     request_id: &str,
 ) -> Result<(OutputFormat, String), ApiError> {
     let started = start_query(state, request, request_id, INVOCATION_RESULT_BYTES + 1, true).await?;
-    if started.rest.is_some() {
-        return Err(ApiError::ResultTooLarge(format!(
-            "over {INVOCATION_RESULT_BYTES} bytes, the most an invocation payload carries; use a forwarded request"
-        )));
-    }
-    let body = String::from_utf8(started.head.concat())
+    let whole = match started.answer {
+        Answer::Cached { entry, .. } => Some(entry.body.to_vec()),
+        Answer::Live { head, rest: None } => Some(head.concat()),
+        Answer::Live { rest: Some(_), .. } => None,
+    };
+    let body = whole
+        .filter(|body| body.len() <= INVOCATION_RESULT_BYTES)
+        .ok_or_else(|| {
+            ApiError::ResultTooLarge(format!(
+                "over {INVOCATION_RESULT_BYTES} bytes, the most an invocation payload carries; use a forwarded request"
+            ))
+        })?;
+    let body = String::from_utf8(body)
         .map_err(|_| ApiError::NotAcceptable("the result is not UTF-8 text; choose json, ndjson or csv".into()))?;
     Ok((started.format, body))
 }

@@ -2,14 +2,38 @@
 //! error leaves as RFC 9457 `application/problem+json`; a 5xx never carries SQL, credentials
 //! or ClickHouse's text, only the request id to find the log line.
 
+use std::time::Duration;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, HttpResponseBuilder};
 use serde_json::json;
 
+use crate::access::limits::Rate;
 use crate::access::{AccessError, TokenError};
 use crate::catalog::Method;
-use crate::query::{BindError, QueryError};
+use crate::query::limits::{Refusal, Scope};
+use crate::query::{BindError, ExecError, QueryError};
+
+/// The RateLimit-Policy and RateLimit fields (draft-ietf-httpapi-ratelimit-headers): the
+/// bucket as a quota of `burst` requests per the time it takes to refill, and what is left.
+pub fn rate_limit_headers(scope: Scope, rate: Rate, remaining: u32, reset: Duration) -> [(&'static str, String); 2] {
+    let window = whole_seconds(rate.interval * rate.burst.get());
+    [
+        (
+            "RateLimit-Policy",
+            format!("\"{}\";q={};w={window}", scope.name(), rate.burst.get()),
+        ),
+        (
+            "RateLimit",
+            format!(
+                "\"{}\";r={remaining};t={}",
+                scope.name(),
+                reset.as_secs() + u64::from(reset.subsec_nanos() > 0)
+            ),
+        ),
+    ]
+}
 
 /// Seconds a caller should wait before retrying when ClickHouse is unavailable.
 pub const RETRY_AFTER_SECONDS: u32 = 5;
@@ -45,10 +69,46 @@ pub enum ApiError {
     Timeout,
     #[error("ClickHouse is unavailable; retry later")]
     Unavailable,
+    #[error("ClickHouse is unavailable (it failed repeatedly just now); retry after {} s", whole_seconds(*.0))]
+    CircuitOpen(Duration),
+    #[error("{}", refusal_text(.0))]
+    Limited(Refusal),
+    #[error("the request did not finish within its deadline of {0:?}; narrow it or allow more time")]
+    DeadlineExceeded(Duration),
+    #[error("X-Request-Timeout must be a number of seconds above 0, such as 2.5; got {0:?}")]
+    InvalidTimeout(String),
     #[error("the query failed")]
     QueryFailed,
     #[error("unexpected error")]
     Internal,
+}
+
+/// Seconds for Retry-After: whole, rounded up, at least 1.
+fn whole_seconds(duration: Duration) -> u64 {
+    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
+}
+
+fn refusal_text(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::Rate {
+            scope,
+            rate,
+            retry_after,
+        } => format!(
+            "this {} is over its rate of {} requests per second; retry after {} s",
+            scope.name(),
+            rate.per_second(),
+            whole_seconds(*retry_after)
+        ),
+        Refusal::Concurrency { scope, limit } => format!(
+            "this {} already has {limit} requests in progress; wait for one to finish",
+            scope.name()
+        ),
+        Refusal::Busy { retry_after } => format!(
+            "the service is at its limit of queries in progress; retry after {} s",
+            whole_seconds(*retry_after)
+        ),
+    }
 }
 
 fn allowed_list(methods: &[Method]) -> String {
@@ -79,7 +139,12 @@ impl ApiError {
             Self::ResultTooLarge(_) => (StatusCode::UNPROCESSABLE_ENTITY, "result_too_large"),
             Self::ParamRejected(_) => (StatusCode::BAD_REQUEST, "param_rejected"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "query_timeout"),
-            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable"),
+            Self::Unavailable | Self::CircuitOpen(_) => (StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable"),
+            Self::Limited(Refusal::Rate { .. }) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Limited(Refusal::Concurrency { .. }) => (StatusCode::TOO_MANY_REQUESTS, "too_many_in_progress"),
+            Self::Limited(Refusal::Busy { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            Self::InvalidTimeout(_) => (StatusCode::BAD_REQUEST, "invalid_timeout"),
             Self::QueryFailed => (StatusCode::INTERNAL_SERVER_ERROR, "query_failed"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -128,10 +193,35 @@ impl ApiError {
                 },
             ));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.push(("Retry-After", RETRY_AFTER_SECONDS.to_string()));
+        let retry_after = match self {
+            Self::CircuitOpen(wait) | Self::Limited(Refusal::Busy { retry_after: wait }) => Some(whole_seconds(*wait)),
+            Self::Limited(Refusal::Rate { retry_after, .. }) => Some(whole_seconds(*retry_after)),
+            // Concurrency frees as soon as one of the caller's own requests ends.
+            Self::Limited(Refusal::Concurrency { .. }) => Some(1),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(u64::from(RETRY_AFTER_SECONDS)),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            headers.push(("Retry-After", seconds.to_string()));
+        }
+        if let Self::Limited(Refusal::Rate {
+            scope,
+            rate,
+            retry_after,
+        }) = self
+        {
+            headers.extend(rate_limit_headers(*scope, *rate, 0, *retry_after));
         }
         headers
+    }
+
+    /// A refused or failed run of the query side.
+    pub fn from_exec(error: &ExecError, request_id: &str) -> Self {
+        match error {
+            ExecError::Query(error) => Self::from_query(error, request_id),
+            ExecError::Refused(refusal) => Self::Limited(refusal.clone()),
+            ExecError::CircuitOpen(open) => Self::CircuitOpen(open.retry_after),
+        }
     }
 
     /// The problem+json response, carrying the request id.

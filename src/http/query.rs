@@ -3,6 +3,8 @@
 //! [`start_query`], which checks the request, runs the query and holds back the first part of
 //! the result so that a failure early in the result still gets an honest status.
 
+use std::time::{Duration, Instant};
+
 use actix_web::http::header;
 use actix_web::web::{Bytes, BytesMut, Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
@@ -10,12 +12,13 @@ use futures_util::StreamExt;
 use futures_util::stream;
 
 use super::negotiate::choose_format;
-use super::problem::ApiError;
+use super::problem::{ApiError, rate_limit_headers};
 use super::request_id::request_id;
 use crate::access::{AccessPolicy, Caller, TokenError, TokenVerifier};
 use crate::catalog::format::OutputFormat;
 use crate::catalog::{Catalog, Endpoint, Method, RouteMatch};
-use crate::query::{QueryRunner, RequestValues, ResultStream, bind};
+use crate::query::limits::Admission;
+use crate::query::{Answer, ExecError, Executor, RequestValues, bind};
 use crate::text::shorten;
 
 /// What every request handler shares.
@@ -24,10 +27,12 @@ pub struct AppState {
     pub catalog: Catalog,
     pub policy: AccessPolicy,
     pub verifier: TokenVerifier,
-    pub runner: QueryRunner,
+    pub executor: Executor,
     /// Result bytes held back before the status is committed (see ARCHITECTURE.md, "No error
     /// behind a 200").
     pub response_buffer_bytes: usize,
+    /// Each request's deadline, unless the caller asks for less.
+    pub request_timeout: Duration,
 }
 
 /// One query request, however it arrived.
@@ -42,18 +47,21 @@ pub struct QueryRequest<'a> {
     pub accept: Option<String>,
     /// The `Authorization` header (only a Bearer token there counts; never the query string).
     pub authorization: Option<String>,
+    /// `X-Request-Timeout`: the caller's own time budget in seconds, if shorter than ours.
+    pub timeout: Option<String>,
 }
 
 /// A query that has started answering.
 #[derive(Debug)]
 pub struct Started {
     pub format: OutputFormat,
-    /// The first part of the result (all of it when `rest` is `None`).
-    pub head: Vec<Bytes>,
-    pub rest: Option<ResultStream>,
+    pub answer: Answer,
+    /// The caller's share of its limits, held until the response is sent.
+    pub admission: Admission,
 }
 
-/// Checks the request, runs the query and reads the result up to `buffer_limit` bytes.
+/// Checks the request, then answers it from the cache or runs the query and reads its result
+/// up to `buffer_limit` bytes, all within the request's deadline.
 pub async fn start_query(
     state: &AppState,
     mut request: QueryRequest<'_>,
@@ -61,12 +69,16 @@ pub async fn start_query(
     buffer_limit: usize,
     text_only: bool,
 ) -> Result<Started, ApiError> {
+    let started_at = Instant::now();
     let endpoint = request.endpoint;
+    let timeout = request_timeout(request.timeout.as_deref(), state.request_timeout)?;
+    let deadline = started_at + timeout;
     // Who is calling comes first: a caller without a valid token learns nothing else.
     let token = bearer_token(request.authorization.as_deref()).ok_or(TokenError::Missing)?;
     let claims = state.verifier.verify(token).await?;
     let caller = Caller::from_claims(&claims, &state.policy);
     let grant = caller.grant(endpoint)?;
+    let admission = state.executor.admit(&grant).map_err(ApiError::Limited)?;
     let format_param = take_format(&mut request.query_pairs)?;
     let format =
         choose_format(endpoint, format_param.as_deref(), request.accept.as_deref()).map_err(ApiError::NotAcceptable)?;
@@ -92,37 +104,46 @@ pub async fn start_query(
         caller.subject_hash = %crate::access::caller::subject_hash(grant.subject()),
         "running query"
     );
-    let mut stream = state
-        .runner
-        .start(&grant, &params, format, request_id)
-        .map_err(|error| query_failure(&error, endpoint, request_id))?;
-    let mut head = Vec::new();
-    let mut held = 0usize;
-    while held < buffer_limit {
-        match stream.next().await {
-            Ok(Some(chunk)) => {
-                held += chunk.len();
-                head.push(chunk);
-            }
-            Ok(None) => {
-                return Ok(Started {
-                    format,
-                    head,
-                    rest: None,
-                });
-            }
-            Err(error) => return Err(query_failure(&error, endpoint, request_id)),
+    // Dropping the run at the deadline drops its ClickHouse response, which cancels the query.
+    let run = state
+        .executor
+        .execute(&grant, &params, format, request_id, deadline, buffer_limit);
+    let answer = match tokio::time::timeout_at(deadline.into(), run).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => return Err(query_failure(&error, endpoint, request_id)),
+        Err(_) => {
+            tracing::warn!(
+                endpoint.name = endpoint.name(),
+                request.id = request_id,
+                "deadline exceeded"
+            );
+            return Err(ApiError::DeadlineExceeded(timeout));
         }
-    }
+    };
     Ok(Started {
         format,
-        head,
-        rest: Some(stream),
+        answer,
+        admission,
     })
 }
 
-fn query_failure(error: &crate::query::QueryError, endpoint: &Endpoint, request_id: &str) -> ApiError {
-    let api_error = ApiError::from_query(error, request_id);
+/// The request's time budget: ours, or the caller's if shorter.
+fn request_timeout(header: Option<&str>, ours: Duration) -> Result<Duration, ApiError> {
+    let Some(text) = header else {
+        return Ok(ours);
+    };
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::InvalidTimeout(shorten(text)))?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(ApiError::InvalidTimeout(shorten(text)));
+    }
+    Ok(ours.min(Duration::from_secs_f64(seconds.min(ours.as_secs_f64()))))
+}
+
+fn query_failure(error: &ExecError, endpoint: &Endpoint, request_id: &str) -> ApiError {
+    let api_error = ApiError::from_exec(error, request_id);
     // Logged once, here, with the full cause: the response says only what the caller may see.
     tracing::warn!(endpoint.name = endpoint.name(), request.id = request_id, error = %error, code = api_error.status_and_code().1, "query failed");
     api_error
@@ -258,9 +279,16 @@ pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppSt
         body,
         accept: header_text(&request, header::ACCEPT.as_str()),
         authorization: header_text(&request, header::AUTHORIZATION.as_str()),
+        timeout: header_text(&request, "x-request-timeout"),
     };
+    let if_none_match = header_text(&request, header::IF_NONE_MATCH.as_str());
     match start_query(&state, query_request, &request_id, state.response_buffer_bytes, false).await {
-        Ok(started) => stream_response(started, request_id, endpoint.name().to_owned()),
+        Ok(started) => respond(
+            started,
+            request_id,
+            endpoint.name().to_owned(),
+            if_none_match.as_deref(),
+        ),
         Err(error) => error.to_response(&request_id),
     }
 }
@@ -314,24 +342,59 @@ fn decode_route_params(params: Vec<(String, String)>) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The HTTP response: whole when the result fit in the buffer, streamed otherwise.
-fn stream_response(started: Started, request_id: String, endpoint_name: String) -> HttpResponse {
+/// The HTTP response: a cached entry (or 304 when the caller has it), a result that fit in
+/// the buffer, or a streamed one.
+fn respond(started: Started, request_id: String, endpoint_name: String, if_none_match: Option<&str>) -> HttpResponse {
     let mut response = HttpResponse::Ok();
     response
         .insert_header((header::CONTENT_TYPE, started.format.content_type()))
         .insert_header(("X-Request-Id", request_id.clone()));
-    let Some(rest) = started.rest else {
-        let body: Vec<u8> = started.head.concat();
+    if let Some(remaining) = started.admission.remaining {
+        // Time until the bucket is full again.
+        let refill = remaining.rate.interval
+            * (remaining.rate.burst.get() - remaining.remaining.min(remaining.rate.burst.get()));
+        for header in rate_limit_headers(remaining.scope, remaining.rate, remaining.remaining, refill) {
+            response.insert_header(header);
+        }
+    }
+    let (head, rest) = match started.answer {
+        Answer::Cached { entry, status, policy } => {
+            response
+                .insert_header(("X-Cache", status.as_str()))
+                .insert_header((header::ETAG, entry.etag.clone()))
+                .insert_header((header::AGE, entry.age().as_secs().to_string()))
+                // Private: entries are per tenant and role, so only the caller's own cache may
+                // keep them (APIM's cache-lookup needs allow-private-response-caching).
+                .insert_header((
+                    header::CACHE_CONTROL,
+                    format!(
+                        "private, max-age={}, stale-while-revalidate={}",
+                        entry.fresh_left().as_secs(),
+                        policy.stale.as_secs()
+                    ),
+                ));
+            if if_none_match.is_some_and(|tags| etag_matches(tags, &entry.etag)) {
+                response.status(actix_web::http::StatusCode::NOT_MODIFIED);
+                return response.finish();
+            }
+            return response.body(entry.body.clone());
+        }
+        Answer::Live { head, rest } => (head, rest),
+    };
+    response.insert_header((header::CACHE_CONTROL, "no-store"));
+    let Some(rest) = rest else {
+        let body: Vec<u8> = head.concat();
         return response.body(body);
     };
-    let head = stream::iter(started.head.into_iter().map(Ok::<Bytes, actix_web::Error>));
-    let tail = stream::unfold(Some(rest), move |state| {
+    let admission = started.admission;
+    let head = stream::iter(head.into_iter().map(Ok::<Bytes, actix_web::Error>));
+    let tail = stream::unfold(Some((rest, admission)), move |state| {
         let request_id = request_id.clone();
         let endpoint_name = endpoint_name.clone();
         async move {
-            let mut rest = state?;
+            let (mut rest, admission) = state?;
             match rest.next().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), Some(rest))),
+                Ok(Some(chunk)) => Some((Ok(chunk), Some((rest, admission)))),
                 Ok(None) => None,
                 Err(error) => {
                     // The status is already sent: ending the body abnormally (no final chunk)
@@ -346,4 +409,10 @@ fn stream_response(started: Started, request_id: String, endpoint_name: String) 
         }
     });
     response.streaming(futures_util::StreamExt::chain(head, tail))
+}
+
+/// Whether an `If-None-Match` list names `etag` (weak comparison, as RFC 9110 asks for it).
+fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    let bare = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    if_none_match.trim() == "*" || if_none_match.split(',').any(|tag| bare(tag) == bare(etag))
 }

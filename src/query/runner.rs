@@ -6,6 +6,7 @@ use clickhouse::Client;
 use clickhouse::query::BytesCursor;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -138,23 +139,29 @@ impl QueryRunner {
     }
 
     /// Sends the granted endpoint's query. `query_id` names it in ClickHouse's logs and
-    /// processes; `log_comment` and `quota_key` carry who ran it (never a token).
+    /// processes; `log_comment` and `quota_key` carry who ran it (never a token). `budget` is
+    /// what is left of the request's deadline: ClickHouse stops the query when it runs out.
     pub fn start(
         &self,
         grant: &Grant<'_>,
         params: &BoundParams,
         format: OutputFormat,
         query_id: &str,
+        budget: Duration,
     ) -> Result<ResultStream, QueryError> {
         let endpoint = grant.endpoint();
         let role = grant.role();
         let limits = endpoint.limits();
         // The role's limits tighten the endpoint's, never loosen them.
         let tighter = |own: u64, role: Option<u64>| role.map_or(own, |r| r.min(own));
+        // Whole seconds (what every server version accepts), rounded up: the handler's own
+        // deadline cuts the request at the exact time.
+        let budget_seconds = budget.as_secs().saturating_add(u64::from(budget.subsec_nanos() > 0));
         let max_execution_time = tighter(
             limits.max_execution_time.as_secs(),
             role.max_execution_time.map(|t| t.as_secs()),
-        );
+        )
+        .min(budget_seconds.max(1));
         let log_comment = json!({
             "endpoint": endpoint.name(),
             "role": role.name,

@@ -479,10 +479,12 @@ async fn the_last_good_keys_keep_working_while_the_issuer_is_down() {
     // Keys go stale at once, so every request wants a refresh.
     let app = spawn_app_with(|settings| settings.token.refresh_every = std::time::Duration::ZERO).await;
     assert_eq!(app.get("echo", &[]).await.status(), 200);
-    let token = app.token.clone();
     let address = app.address.clone();
     app.issuer_down().await;
-    for _ in 0..3 {
+    for n in 0..3 {
+        // A token never seen before: its signature is checked with the cached keys (a token
+        // seen before would not even need them).
+        let token = app.token_for(&format!("caller-{n}"), json!({"roles": ["Test.Read"], "tid": "acme"}));
         let response = reqwest::Client::new()
             .get(format!("{address}/api/echo"))
             .bearer_auth(&token)
@@ -491,4 +493,22 @@ async fn the_last_good_keys_keep_working_while_the_issuer_is_down() {
             .expect("get");
         assert_eq!(response.status(), 200, "cached keys serve through the outage");
     }
+}
+
+#[tokio::test]
+async fn a_remembered_token_stops_working_when_it_expires() {
+    let app = spawn_app_with(|settings| settings.token.skew = std::time::Duration::ZERO).await;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    let token = app.token_for(
+        "short-lived",
+        json!({"roles": ["Test.Read"], "tid": "acme", "exp": now + 2}),
+    );
+    // Verified once, then served from the verified-token cache...
+    assert_eq!(app.get_as(&token, "echo", &[]).await.status(), 200);
+    assert_eq!(app.get_as(&token, "echo", &[]).await.status(), 200);
+    // Whole seconds: exp has passed for certain after three.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    // ...but never past its exp.
+    let body = problem(app.get_as(&token, "echo", &[]).await, 401).await;
+    assert_eq!(body["code"], "invalid_token");
 }

@@ -147,6 +147,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
             min_refresh_gap: std::time::Duration::ZERO,
             ..VerifyOptions::default()
         },
+        serving: chgate::settings::ServingSettings::default(),
     };
     customise(&mut settings);
     let application = Application::build(settings).await.expect("building the application");

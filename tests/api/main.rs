@@ -10,3 +10,4 @@ mod handler;
 mod helpers;
 mod host;
 mod sample_data;
+mod serving;

@@ -1,0 +1,343 @@
+//! Running a granted, bound query under the instance's protections: the result cache with
+//! single-flight and stale-while-revalidate, the bound on in-flight ClickHouse queries, the
+//! circuit breaker, and the request's deadline. The HTTP edge calls [`Executor::execute`] and
+//! gets either a cached entry or a live result to stream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::bind::BoundParams;
+use super::breaker::{Breaker, Open, Pass};
+use super::cache::{CacheKey, CachedResult, FOLLOW_ATTEMPTS, Join, Lookup, Outcome, ResultCache};
+use super::error::QueryError;
+use super::limits::{Admission, Limiter, QuerySlot, Refusal};
+use super::runner::{QueryRunner, ResultStream};
+use crate::access::Grant;
+use crate::catalog::CachePolicy;
+use crate::catalog::format::OutputFormat;
+
+/// Where a cached answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// From the cache, fresh.
+    Hit,
+    /// From the cache, past its TTL; a refresh is running.
+    Stale,
+    /// Queried for this request (or for the flight it joined) and stored.
+    Miss,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale => "stale",
+            Self::Miss => "miss",
+        }
+    }
+}
+
+/// The answer to a query request.
+#[derive(Debug)]
+pub enum Answer {
+    /// A whole result from the cache (or just stored in it).
+    Cached {
+        entry: Arc<CachedResult>,
+        status: CacheStatus,
+        policy: CachePolicy,
+    },
+    /// A result read from ClickHouse: `head` whole, then `rest` if it did not fit.
+    Live { head: Vec<Bytes>, rest: Option<LiveRest> },
+}
+
+/// The unread part of a live result, holding its ClickHouse query slot until it is dropped.
+#[derive(Debug)]
+pub struct LiveRest {
+    stream: ResultStream,
+    _slot: QuerySlot,
+}
+
+impl LiveRest {
+    pub async fn next(&mut self) -> Result<Option<Bytes>, QueryError> {
+        self.stream.next().await
+    }
+}
+
+/// Why a query did not run or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("refused by a limit: {0:?}")]
+    Refused(Refusal),
+    #[error("circuit open for {:?}", .0.retry_after)]
+    CircuitOpen(Open),
+}
+
+/// The query side of the handler: runner, limits, breaker, cache.
+#[derive(Debug)]
+pub struct Executor {
+    runner: QueryRunner,
+    limiter: Limiter,
+    breaker: Breaker,
+    cache: ResultCache,
+    /// The deployment's catalog and policy, as part of every cache key.
+    version: Arc<str>,
+}
+
+/// A started query's first part.
+struct Head {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    rest: Option<ResultStream>,
+}
+
+impl Executor {
+    pub fn new(runner: QueryRunner, limiter: Limiter, breaker: Breaker, cache: ResultCache, version: Arc<str>) -> Self {
+        Self {
+            runner,
+            limiter,
+            breaker,
+            cache,
+            version,
+        }
+    }
+
+    /// Admits a request under its caller's and tenant's limits.
+    pub fn admit(&self, grant: &Grant<'_>) -> Result<Admission, Refusal> {
+        self.limiter.admit(grant)
+    }
+
+    pub fn cache(&self) -> &ResultCache {
+        &self.cache
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Answers from the cache when the endpoint caches, else runs the query and reads up to
+    /// `head_bytes` of its result. The caller bounds the whole call by `deadline` too.
+    pub async fn execute(
+        &self,
+        grant: &Grant<'_>,
+        params: &BoundParams,
+        format: OutputFormat,
+        query_id: &str,
+        deadline: Instant,
+        head_bytes: usize,
+    ) -> Result<Answer, ExecError> {
+        let Some(policy) = grant.endpoint().cache() else {
+            return self.live(grant, params, format, query_id, deadline, head_bytes).await;
+        };
+        let key = Arc::new(CacheKey::new(&self.version, grant, params, format));
+        let cached = |entry, status| Answer::Cached { entry, status, policy };
+        let mut failed_flights = 0;
+        loop {
+            match self.cache.lookup(&key) {
+                Lookup::Fresh(entry) => return Ok(cached(entry, CacheStatus::Hit)),
+                Lookup::Stale(entry) => {
+                    self.refresh(&key, grant, params, format, policy);
+                    return Ok(cached(entry, CacheStatus::Stale));
+                }
+                Lookup::Miss => {}
+            }
+            if failed_flights >= FOLLOW_ATTEMPTS {
+                // Flights keep failing: this caller's own query gives it its own answer.
+                return self.live(grant, params, format, query_id, deadline, head_bytes).await;
+            }
+            let lead = match self.cache.join(&key) {
+                Join::Lead(lead) => lead,
+                Join::Follow(wait) => match wait.outcome().await {
+                    Outcome::Stored(entry) => return Ok(cached(entry, CacheStatus::Miss)),
+                    Outcome::TooLarge => {
+                        return self.live(grant, params, format, query_id, deadline, head_bytes).await;
+                    }
+                    Outcome::Failed => {
+                        failed_flights += 1;
+                        continue;
+                    }
+                },
+            };
+            // Leading: read up to the entry limit; a result that ends within it is stored.
+            let limit = self.cache.max_entry_bytes().max(head_bytes);
+            let (head, slot) = match self.start(grant, params, format, query_id, deadline, limit).await {
+                Ok(started) => started,
+                Err(error) => {
+                    lead.finish(Outcome::Failed);
+                    return Err(error);
+                }
+            };
+            return Ok(match head.rest {
+                None if head.bytes <= self.cache.max_entry_bytes() => {
+                    let entry = self
+                        .cache
+                        .store(key, concat(head.chunks, head.bytes), policy.ttl, policy.stale);
+                    lead.finish(Outcome::Stored(Arc::clone(&entry)));
+                    cached(entry, CacheStatus::Miss)
+                }
+                rest => {
+                    lead.finish(Outcome::TooLarge);
+                    Answer::Live {
+                        head: head.chunks,
+                        rest: rest.map(|stream| LiveRest { stream, _slot: slot }),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Runs the query for this request alone.
+    async fn live(
+        &self,
+        grant: &Grant<'_>,
+        params: &BoundParams,
+        format: OutputFormat,
+        query_id: &str,
+        deadline: Instant,
+        head_bytes: usize,
+    ) -> Result<Answer, ExecError> {
+        let (head, slot) = self
+            .start(grant, params, format, query_id, deadline, head_bytes)
+            .await?;
+        Ok(Answer::Live {
+            head: head.chunks,
+            rest: head.rest.map(|stream| LiveRest { stream, _slot: slot }),
+        })
+    }
+
+    /// Takes a query slot and a breaker pass, sends the query and reads up to `limit` bytes.
+    async fn start(
+        &self,
+        grant: &Grant<'_>,
+        params: &BoundParams,
+        format: OutputFormat,
+        query_id: &str,
+        deadline: Instant,
+        limit: usize,
+    ) -> Result<(Head, QuerySlot), ExecError> {
+        let slot = self.limiter.query_slot(deadline).await.map_err(ExecError::Refused)?;
+        let pass = self.breaker.pass().map_err(ExecError::CircuitOpen)?;
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let stream = match self.runner.start(grant, params, format, query_id, budget) {
+            Ok(stream) => stream,
+            Err(error) => {
+                report(pass, &error);
+                return Err(error.into());
+            }
+        };
+        let head = read_head(stream, limit, Some(pass)).await?;
+        Ok((head, slot))
+    }
+
+    /// Refreshes a stale entry in the background, unless a flight for it is running, the
+    /// instance has no free query slot, or the circuit is open: then the stale entry keeps
+    /// serving until its window ends.
+    fn refresh(
+        &self,
+        key: &Arc<CacheKey>,
+        grant: &Grant<'_>,
+        params: &BoundParams,
+        format: OutputFormat,
+        policy: CachePolicy,
+    ) {
+        let Some(lead) = self.cache.try_lead(key) else {
+            return;
+        };
+        let Some(slot) = self.limiter.try_query_slot() else {
+            return;
+        };
+        let Ok(pass) = self.breaker.pass() else {
+            return;
+        };
+        let query_id = uuid::Uuid::new_v4().to_string();
+        // The endpoint's and role's own time limits bound a refresh; no caller waits for it.
+        let stream = match self.runner.start(grant, params, format, &query_id, Duration::MAX) {
+            Ok(stream) => stream,
+            Err(error) => {
+                report(pass, &error);
+                return;
+            }
+        };
+        let cache = self.cache.clone();
+        let key = Arc::clone(key);
+        let endpoint = grant.endpoint().name().to_owned();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let outcome = match read_head(stream, cache.max_entry_bytes(), Some(pass)).await {
+                Ok(head) if head.rest.is_none() => {
+                    Outcome::Stored(cache.store(key, concat(head.chunks, head.bytes), policy.ttl, policy.stale))
+                }
+                Ok(_) => Outcome::TooLarge,
+                Err(error) => {
+                    tracing::warn!(endpoint.name = %endpoint, query.id = %query_id, error = %error, "cache refresh failed; the stale entry keeps serving");
+                    Outcome::Failed
+                }
+            };
+            lead.finish(outcome);
+        });
+    }
+}
+
+/// Reads a result until it ends or `limit` bytes are held, reporting to the breaker once
+/// ClickHouse has answered.
+async fn read_head(mut stream: ResultStream, limit: usize, mut pass: Option<Pass>) -> Result<Head, ExecError> {
+    let mut chunks = Vec::new();
+    let mut bytes = 0usize;
+    loop {
+        if bytes >= limit {
+            return Ok(Head {
+                chunks,
+                bytes,
+                rest: Some(stream),
+            });
+        }
+        match stream.next().await {
+            Ok(Some(chunk)) => {
+                if let Some(pass) = pass.take() {
+                    pass.succeeded();
+                }
+                bytes += chunk.len();
+                chunks.push(chunk);
+            }
+            Ok(None) => {
+                if let Some(pass) = pass.take() {
+                    pass.succeeded();
+                }
+                return Ok(Head {
+                    chunks,
+                    bytes,
+                    rest: None,
+                });
+            }
+            Err(error) => {
+                if let Some(pass) = pass.take() {
+                    report(pass, &error);
+                }
+                return Err(error.into());
+            }
+        }
+    }
+}
+
+/// Tells the breaker whether a failure means ClickHouse is unreachable.
+fn report(pass: Pass, error: &QueryError) {
+    match error {
+        QueryError::Unavailable(_) => pass.failed(),
+        // ClickHouse answered: it is up.
+        QueryError::Exception { .. } | QueryError::Other(_) => pass.succeeded(),
+    }
+}
+
+fn concat(chunks: Vec<Bytes>, bytes: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.into_iter().next().unwrap_or_default();
+    }
+    let mut body = BytesMut::with_capacity(bytes);
+    for chunk in chunks {
+        body.extend_from_slice(&chunk);
+    }
+    body.freeze()
+}
