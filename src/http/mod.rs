@@ -10,7 +10,7 @@ mod request_id;
 
 use actix_web::web;
 
-pub use query::AppState;
+pub use query::{AppState, BODY_READ_TIMEOUT};
 
 /// Largest request body accepted (a JSON object of parameter values).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;

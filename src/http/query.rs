@@ -21,6 +21,9 @@ use crate::query::limits::Admission;
 use crate::query::{Answer, ExecError, Executor, RequestValues, bind};
 use crate::text::shorten;
 
+/// How long a request body may take to arrive (it is at most 2 MiB).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
@@ -232,9 +235,11 @@ fn request_values(request: &QueryRequest<'_>) -> Result<RequestValues, ApiError>
 /// The handler for forwarded requests: `/<routePrefix>/<route>`.
 pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppState>) -> HttpResponse {
     let request_id = request_id(&request);
-    let body = match read_body(payload, super::MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(error) => return error.to_response(&request_id),
+    // A client that stops sending mid-body must not hold its connection and buffer forever.
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(payload, super::MAX_BODY_BYTES)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => return error.to_response(&request_id),
+        Err(_) => return ApiError::BodyTimeout(BODY_READ_TIMEOUT).to_response(&request_id),
     };
     let prefix = state.catalog.route_prefix();
     let path = request.path().trim_start_matches('/');

@@ -9,5 +9,6 @@ mod examples;
 mod handler;
 mod helpers;
 mod host;
+mod hostile;
 mod sample_data;
 mod serving;
