@@ -2,12 +2,17 @@
 //! (set CLICKHOUSE_URL) and prove the local front faithful to the protocol the official crate
 //! and curl use.
 
+use std::time::{Duration, Instant};
+
 use clickhouse::{Compression, Row};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::macros::{date, datetime};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use uuid::Uuid;
+use xtask::connection::Connection;
 
 use crate::helpers::{TestDatabase, connection, error_code};
 
@@ -608,4 +613,272 @@ async fn one_connection_serves_request_after_request() {
         stream.read_exact(&mut body).await.expect("body");
         assert_eq!(String::from_utf8(body).expect("utf8"), format!("{}\n", n * 10));
     }
+}
+
+/// Half a second of sleep per row, one row per block: 10 s in all, and a kill is noticed
+/// between any two rows.
+const SLOW_QUERY: &str = "SELECT sleepEachRow(0.5), number FROM system.numbers LIMIT 20 SETTINGS max_block_size = 1";
+
+/// A query in progress, as the server's process list shows it.
+#[derive(Debug, Row, Deserialize)]
+struct Process {
+    query_id: String,
+    user: String,
+    elapsed: f64,
+    /// `waiting` (queued for the local engine) or `running`.
+    state: String,
+}
+
+/// The local front's `/_front/processes`, its stand-in for system.processes (answered while
+/// the engine is busy); `None` from a server, which has no such handle.
+async fn front_processes(connection: &Connection) -> Option<Vec<Process>> {
+    #[derive(Deserialize)]
+    struct List {
+        processes: Vec<Process>,
+    }
+    let response = reqwest::Client::new()
+        .get(format!("{}/_front/processes", connection.url))
+        .header("X-ClickHouse-User", &connection.user)
+        .header("X-ClickHouse-Key", &connection.password)
+        .send()
+        .await
+        .expect("asking for the process list");
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return None;
+    }
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    Some(response.json::<List>().await.expect("process list").processes)
+}
+
+/// The queries in progress: the front's list, or a server's system.processes.
+async fn processes(connection: &Connection) -> Vec<Process> {
+    match front_processes(connection).await {
+        Some(list) => list,
+        None => connection
+            .client()
+            .query("SELECT query_id, user, elapsed, 'running' AS state FROM system.processes")
+            .fetch_all()
+            .await
+            .expect("system.processes"),
+    }
+}
+
+/// Polls the process list until `query_id` is in `state` (`None`: gone), and says how long
+/// that took; fails after `limit`.
+pub(crate) async fn wait_for_state(
+    connection: &Connection,
+    query_id: &str,
+    state: Option<&str>,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let list = processes(connection).await;
+        let current = list
+            .iter()
+            .find(|process| process.query_id == query_id)
+            .map(|process| process.state.as_str());
+        if current == state {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{query_id} not {state:?} within {limit:?}: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A read-only query with the settings the handler sends (cancel it if the client hangs up).
+fn read_only_request(connection: &Connection, query_id: &str, sql: &str) -> String {
+    format!(
+        "POST /?query_id={query_id}&readonly=2&cancel_http_readonly_queries_on_client_close=1 HTTP/1.1\r\n\
+         Host: {}\r\nX-ClickHouse-User: {}\r\nX-ClickHouse-Key: {}\r\nContent-Length: {}\r\n\r\n{sql}",
+        crate::helpers::clickhouse_address(),
+        connection.user,
+        connection.password,
+        sql.len()
+    )
+}
+
+/// Sends a read-only query from a connection of its own, leaving the answer unread.
+async fn send_read_only(connection: &Connection, query_id: &str, sql: &str) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(crate::helpers::clickhouse_address())
+        .await
+        .expect("connecting");
+    let request = read_only_request(connection, query_id, sql);
+    stream.write_all(request.as_bytes()).await.expect("sending");
+    BufReader::new(stream)
+}
+
+/// Reads one response with a Content-Length (the front sizes results it has held back):
+/// its status and body.
+async fn read_response(stream: &mut BufReader<TcpStream>) -> (u16, String) {
+    let mut status = String::new();
+    stream.read_line(&mut status).await.expect("status line");
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not a status line: {status:?}"));
+    let mut length = None;
+    loop {
+        let mut header = String::new();
+        stream.read_line(&mut header).await.expect("header");
+        if header == "\r\n" {
+            break;
+        }
+        if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = Some(value.trim().parse::<usize>().expect("length"));
+        }
+    }
+    let mut body = vec![0; length.expect("a sized response")];
+    stream.read_exact(&mut body).await.expect("body");
+    (code, String::from_utf8(body).expect("utf8"))
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_has_its_running_query_cancelled() {
+    let connection = connection();
+    let query_id = format!("hang-up-{}", Uuid::new_v4().simple());
+    let stream = send_read_only(&connection, &query_id, SLOW_QUERY).await;
+    // Other tests share the engine: the query may queue before it runs.
+    wait_for_state(&connection, &query_id, Some("running"), Duration::from_secs(30)).await;
+    drop(stream);
+    let gone = wait_for_state(&connection, &query_id, None, Duration::from_secs(15)).await;
+    assert!(
+        gone < Duration::from_secs(1),
+        "the query outlived its client by {gone:?}"
+    );
+    // The engine is free again: had the query run on, this would wait for ~9 s of its sleep.
+    let started = Instant::now();
+    let one: u8 = connection
+        .client()
+        .query("SELECT 1")
+        .fetch_one()
+        .await
+        .expect("the next query");
+    assert_eq!(one, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the next query waited {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_has_its_query_stopped_inside_a_block() {
+    let connection = connection();
+    if front_processes(&connection).await.is_none() {
+        // A server looks at the client when the query reports progress (rows read), and a lone
+        // sleep() reads nothing until it ends; the local front watches the socket throughout.
+        eprintln!("skipped: a server notices a hang-up only when the query reads rows");
+        return;
+    }
+    let query_id = format!("hang-up-block-{}", Uuid::new_v4().simple());
+    // One block of three seconds: nothing to notice between blocks, so the query must be
+    // killed inside it. The engine looks at a kill inside sleep() once a second.
+    let stream = send_read_only(&connection, &query_id, "SELECT sleep(3)").await;
+    wait_for_state(&connection, &query_id, Some("running"), Duration::from_secs(30)).await;
+    drop(stream);
+    let gone = wait_for_state(&connection, &query_id, None, Duration::from_secs(10)).await;
+    assert!(
+        gone < Duration::from_secs(2),
+        "the sleep went on for {gone:?} after its client left"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_while_its_query_waits_leaves_the_queue() {
+    let connection = connection();
+    if front_processes(&connection).await.is_none() {
+        eprintln!("skipped: only the local engine queues queries (a server runs them at once)");
+        return;
+    }
+    // Two seconds of sleep for a client that stays, holding the engine.
+    let blocker_id = format!("blocker-{}", Uuid::new_v4().simple());
+    let mut blocker = send_read_only(
+        &connection,
+        &blocker_id,
+        "SELECT sleepEachRow(0.5), number FROM system.numbers LIMIT 4 SETTINGS max_block_size = 1",
+    )
+    .await;
+    wait_for_state(&connection, &blocker_id, Some("running"), Duration::from_secs(30)).await;
+    let waiter_id = format!("waiter-{}", Uuid::new_v4().simple());
+    let waiter = send_read_only(&connection, &waiter_id, "SELECT 1").await;
+    wait_for_state(&connection, &waiter_id, Some("waiting"), Duration::from_secs(5)).await;
+    drop(waiter);
+    // Behind the blocker it could only run after it, more than a second from now.
+    let gone = wait_for_state(&connection, &waiter_id, None, Duration::from_secs(10)).await;
+    assert!(
+        gone < Duration::from_secs(1),
+        "the query waited on for {gone:?} after its client left"
+    );
+    // The blocker's client stayed: it gets every row.
+    let (status, body) = read_response(&mut blocker).await;
+    assert_eq!((status, body.as_str()), (200, "0\t0\n0\t1\n0\t2\n0\t3\n"));
+}
+
+#[tokio::test]
+async fn a_slow_query_of_a_client_that_stays_runs_to_its_end() {
+    let connection = connection();
+    let query_id = format!("slow-{}", Uuid::new_v4().simple());
+    let mut stream = send_read_only(
+        &connection,
+        &query_id,
+        "SELECT sleepEachRow(0.25), number FROM system.numbers LIMIT 6 SETTINGS max_block_size = 1",
+    )
+    .await;
+    wait_for_state(&connection, &query_id, Some("running"), Duration::from_secs(30)).await;
+    // Still listed half a second on, by its user, while it sleeps without sending anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let list = processes(&connection).await;
+    let process = list
+        .iter()
+        .find(|process| process.query_id == query_id)
+        .unwrap_or_else(|| panic!("{query_id} is not listed: {list:?}"));
+    assert_eq!(
+        (process.state.as_str(), process.user.as_str()),
+        ("running", connection.user.as_str())
+    );
+    assert!(process.elapsed >= 0.5, "{process:?}");
+
+    let (status, body) = read_response(&mut stream).await;
+    assert_eq!((status, body.as_str()), (200, "0\t0\n0\t1\n0\t2\n0\t3\n0\t4\n0\t5\n"));
+    wait_for_state(&connection, &query_id, None, Duration::from_secs(1)).await;
+    // The connection is still good for the next request.
+    let request = read_only_request(&connection, &format!("next-{}", Uuid::new_v4().simple()), "SELECT 7");
+    stream.get_mut().write_all(request.as_bytes()).await.expect("sending");
+    assert_eq!(read_response(&mut stream).await, (200, "7\n".to_owned()));
+}
+
+#[tokio::test]
+async fn a_sleep_past_max_execution_time_is_stopped_with_timeout_exceeded() {
+    let connection = connection();
+    let query_id = format!("timeout-{}", Uuid::new_v4().simple());
+    let response = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!(
+                "{}/?query_id={query_id}&readonly=2&cancel_http_readonly_queries_on_client_close=1\
+                 &max_execution_time=1",
+                connection.url
+            ))
+            .header("X-ClickHouse-User", &connection.user)
+            .header("X-ClickHouse-Key", &connection.password)
+            .body("SELECT sleep(3)")
+            .send(),
+    );
+    wait_for_state(&connection, &query_id, Some("running"), Duration::from_secs(30)).await;
+    let running = Instant::now();
+    let response = response.await.expect("request task").expect("response");
+    let waited = running.elapsed();
+    assert_eq!(response.status(), 408, "TIMEOUT_EXCEEDED's status");
+    assert_eq!(response.headers()["X-ClickHouse-Exception-Code"], "159");
+    let body = response.text().await.expect("body");
+    assert!(body.contains("(TIMEOUT_EXCEEDED)"), "{body}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the sleep went on for {waited:?} after it was seen running"
+    );
 }

@@ -7,6 +7,22 @@ server. What a server does that an embedded engine does not (users and passwords
 users, one statement per request, per-request settings, native compressed insert blocks,
 HTTP compression, error statuses) is done here.
 
+Running queries (the front's stand-in for system.processes):
+    GET /_front/processes (any valid user) answers, without waiting for the engine, with the
+    requests in progress: {"processes": [{"query_id": "...", "user": "...", "elapsed": 0.12,
+    "state": "waiting" | "running", "is_cancelled": false}]}. "waiting" is queued for the
+    engine (queries run one at a time here, unlike on a server), "running" holds it. A query
+    leaves the list when the engine has let go of it, as it leaves system.processes.
+
+Client hang-ups (cancel_http_readonly_queries_on_client_close):
+    As on a server, a read-only request (readonly > 0, which every GET is) with this setting at
+    1 is cancelled when its client closes the connection: a waiting query leaves the queue and a
+    running one is killed in the engine, which notices the kill between blocks, and inside
+    sleep() between one-second slices. A server peeks at the client's socket whenever the query
+    reports progress (rows read); the front watches it all along, so it also stops a query that
+    reads nothing for a while (a lone sleep()), which a server leaves running.
+    max_execution_time is the engine's own, and stops sleep() too.
+
 Environment:
     CHFRONT_HOST   address to bind (default 127.0.0.1)
     CHFRONT_PORT   port to bind (default 8123)
@@ -21,13 +37,16 @@ import json
 import os
 import random
 import re
+import select
 import signal
 import socket
 import string
 import sys
 import threading
+import time
 import uuid
 import zlib
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -37,14 +56,22 @@ import lz4.frame
 from chdb import session as chdb_session
 from clickhouse_cityhash.cityhash import CityHash128
 
-# The engine answers one query at a time: chdb allows one embedded server per process and its
-# session state (current database, settings) is shared, so every use of it holds this lock.
+# The engine answers one query at a time: chdb allows one embedded server per process, and the
+# front's requests share one engine session whose current database and settings each request
+# changes and restores, so every use of that session holds this lock.
 ENGINE_LOCK = threading.Lock()
 
-# The query ids of requests in progress (waiting for the engine or running), like a server's
-# system.processes: a second query with a running id is refused, as ClickHouse does.
-RUNNING_QUERIES = set()
-RUNNING_LOCK = threading.Lock()
+# A request queued for the engine looks at its cancellation this often (threading.Lock cannot
+# be woken by another thread, so the wait is taken in slices).
+ENGINE_WAIT_SLICE_SECONDS = 0.05
+
+# The watcher's poll of client sockets is renewed this often, taking in requests that started
+# since (a hang-up of a socket already polled wakes it at once).
+WATCH_POLL_SECONDS = 0.05
+
+# While a cancelled query is still in the engine its kill is repeated this often: a kill sent
+# just before the statement reached the engine finds nothing to stop.
+KILL_RETRY_SECONDS = 0.1
 
 # Like a server's output buffer: results up to this size are held back so that an error in
 # them still gets a proper status; bigger results stream and a late error is appended to the
@@ -143,6 +170,25 @@ class Engine:
             self.codes[name] = int(code)
         self.version = self.session.query("SELECT version()", "TabSeparated").bytes().decode().strip()
         self.timezone = self.session.query("SELECT timezone()", "TabSeparated").bytes().decode().strip()
+        # A second session on the same engine, used only to kill: a query holds its session
+        # (chdb's per-connection mutex) until the engine returns, and a stream's own cancel()
+        # waits for that mutex, so it cannot interrupt a block in progress. KILL QUERY from
+        # another session can, and does not need ENGINE_LOCK.
+        self.control = chdb_session.Session(data_dir)
+        self.control_lock = threading.Lock()
+
+    def kill_running(self):
+        """Kills what the front's session is running. Only that session runs queries (one at a
+        time, under ENGINE_LOCK) and the control session runs nothing but this KILL, so every
+        query but the KILL itself belongs to the request being cancelled; the caller makes sure
+        that request is still in its statement (see Process.executing)."""
+        with self.control_lock:
+            self.control.query(
+                "KILL QUERY WHERE query_id != queryID() AND is_initial_query ASYNC", "TabSeparated")
+
+    def close(self):
+        self.control.close()
+        self.session.close()
 
     def error(self, name, message):
         return ClickHouseError(self.codes.get(name, 1001), name, message)
@@ -180,6 +226,179 @@ class Users:
                 # A half-written file keeps the last good table rather than locking everyone out.
                 print(f"front: cannot read users file {self.path}: {exc}", file=sys.stderr)
             return self.users.get(name)
+
+
+class ClientGone(ConnectionAbortedError):
+    """The client closed its connection and its query was cancelled: nobody to answer."""
+
+    def __init__(self):
+        super().__init__("client closed the connection; its query was cancelled")
+
+
+class Process:
+    """One request in progress, as a row of system.processes: waiting for the engine, then
+    running in it, until its answer is written."""
+
+    def __init__(self, query_id, user):
+        self.query_id = query_id
+        self.user = user
+        self.started = time.monotonic()
+        self.state = "waiting"
+        self.cancelled = threading.Event()
+        self.finished = threading.Event()
+        # Orders a kill against the statement's start and end: the engine is only asked to kill
+        # while this request's statement is in it (never its settings' reset that follows).
+        self.lock = threading.Lock()
+        self.in_statement = False
+
+    def row(self, now):
+        return {"query_id": self.query_id, "user": self.user,
+                "elapsed": round(now - self.started, 6), "state": self.state,
+                "is_cancelled": self.cancelled.is_set()}
+
+    def wait_for_engine(self):
+        """Takes ENGINE_LOCK, or raises ClientGone if the client leaves the queue first."""
+        while not ENGINE_LOCK.acquire(timeout=ENGINE_WAIT_SLICE_SECONDS):
+            if self.cancelled.is_set():
+                raise ClientGone()
+        if self.cancelled.is_set():
+            ENGINE_LOCK.release()
+            raise ClientGone()
+        self.state = "running"
+
+    @contextmanager
+    def executing(self):
+        """Marks the stretch in which the engine runs this request's statement (killable)."""
+        with self.lock:
+            if self.cancelled.is_set():
+                raise ClientGone()
+            self.in_statement = True
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_statement = False
+
+    def kill_if_executing(self, engine):
+        """Kills the statement if it is in the engine; False once the request has ended."""
+        with self.lock:
+            if self.finished.is_set():
+                return False
+            if self.in_statement:
+                try:
+                    engine.kill_running()
+                except Exception as exc:  # noqa: BLE001 - retried while the request lasts
+                    print(f"front: cannot kill query {self.query_id}: {exc}", file=sys.stderr)
+            return True
+
+    def finish(self):
+        with self.lock:
+            self.finished.set()
+
+
+class ProcessList:
+    """The requests in progress by query id. Read without ENGINE_LOCK, so it answers while a
+    query runs; a second query with an id in progress is refused, as ClickHouse does."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.by_id = {}
+
+    def add(self, query_id, user):
+        """A new Process, or None if a request with this id is in progress."""
+        with self.lock:
+            if query_id in self.by_id:
+                return None
+            process = self.by_id[query_id] = Process(query_id, user)
+            return process
+
+    def remove(self, process):
+        with self.lock:
+            if self.by_id.get(process.query_id) is process:
+                del self.by_id[process.query_id]
+
+    def rows(self):
+        now = time.monotonic()
+        with self.lock:
+            return [process.row(now) for process in self.by_id.values()]
+
+
+PROCESSES = ProcessList()
+
+
+class HangUpWatcher:
+    """Cancels read-only queries whose clients hang up, like a server with
+    cancel_http_readonly_queries_on_client_close (which peeks at the socket the same way).
+
+    One thread polls the sockets of every watched request, waiting or running: most queries
+    end within milliseconds, and a thread of their own would cost more than they do. A request
+    registered during a poll is looked at from the next one (WATCH_POLL_SECONDS)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.watched = {}  # Process -> its client's socket
+        self.has_work = threading.Event()
+        threading.Thread(target=self.run, name="hang-up-watcher", daemon=True).start()
+
+    def watch(self, sock, process):
+        with self.lock:
+            self.watched[process] = sock
+            self.has_work.set()
+
+    def unwatch(self, process):
+        with self.lock:
+            self.watched.pop(process, None)
+
+    def run(self):
+        while True:
+            self.has_work.wait()
+            with self.lock:
+                watched = list(self.watched.items())
+                if not watched:
+                    self.has_work.clear()
+                    continue
+            poller, by_fd = select.poll(), {}
+            for process, sock in watched:
+                fd = sock.fileno()
+                if fd >= 0:
+                    poller.register(fd, select.POLLIN)
+                    by_fd[fd] = (sock, process)
+            for fd, mask in poller.poll(WATCH_POLL_SECONDS * 1000):
+                sock, process = by_fd[fd]
+                if self.hung_up(sock, process, mask):
+                    process.cancelled.set()
+                    # Killing takes engine calls: not on this thread, which watches the others.
+                    threading.Thread(target=self.kill, args=(process,), daemon=True).start()
+                # Whatever the socket said, there is nothing more to learn from it: a hang-up is
+                # handled, and bytes of a next (pipelined) request mean the client is there and
+                # keep the socket readable until the handler reads them, as on a server.
+                self.unwatch(process)
+
+    @staticmethod
+    def hung_up(sock, process, mask):
+        """Whether the client of a socket that polled readable has closed it."""
+        # Under the process lock: once the request has ended its handler may read the next
+        # request from this socket, or close it and the number go to another connection, so
+        # only an unfinished request's socket is still the one polled.
+        with process.lock:
+            if process.finished.is_set():
+                return False
+            if mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return True
+            try:
+                # Only peeks: the bytes of a next request stay for the handler to read.
+                return sock.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True  # reset by the peer
+
+    def kill(self, process):
+        # A queued request sees the flag itself; a running statement is killed, again until the
+        # request has left the engine (the first kill may come before the statement starts).
+        while process.kill_if_executing(self.engine):
+            process.finished.wait(KILL_RETRY_SECONDS)
 
 
 class Body:
@@ -385,6 +604,7 @@ class FrontHandler(BaseHTTPRequestHandler):
 
     engine: Engine = None
     users: Users = None
+    watcher: HangUpWatcher = None
 
     def log_message(self, fmt, *args):
         if os.environ.get("CHFRONT_LOG"):
@@ -409,6 +629,10 @@ class FrontHandler(BaseHTTPRequestHandler):
             if request.path in ("/ping", "/replicas_status") or (
                     read_only_method and request.path == "/" and not request.params.get("query")):
                 self.send_plain(200, b"Ok.\n")
+                return
+            if read_only_method and request.path == "/_front/processes":
+                self.authenticate(request)
+                self.send_json(200, {"processes": PROCESSES.rows()})
                 return
             if request.path != "/":
                 request.body.drain()
@@ -455,6 +679,14 @@ class FrontHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def send_json(self, status, value):
+        body = json.dumps(value, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def send_plain(self, status, body):
         self.send_response(status)
         self.send_header("Content-Type", "text/html; charset=UTF-8")
@@ -465,6 +697,7 @@ class FrontHandler(BaseHTTPRequestHandler):
     # -- authentication and readonly ------------------------------------------------------
 
     def authenticate(self, request):
+        """The user's name and readonly level, or AUTHENTICATION_FAILED."""
         user, key = request.credentials()
         entry = self.users.lookup(user)
         password = entry.get("password", "") if isinstance(entry, dict) else None
@@ -473,7 +706,7 @@ class FrontHandler(BaseHTTPRequestHandler):
                 "AUTHENTICATION_FAILED",
                 f"{user}: Authentication failed: password is incorrect, or there is no user "
                 "with such name")
-        return int(entry.get("readonly", 0))
+        return user, int(entry.get("readonly", 0))
 
     def readonly_level(self, request, user_readonly, read_only_method, settings):
         level = user_readonly
@@ -495,7 +728,7 @@ class FrontHandler(BaseHTTPRequestHandler):
     # -- execution ------------------------------------------------------------------------
 
     def execute(self, request, query_id, read_only_method):
-        user_readonly = self.authenticate(request)
+        user, user_readonly = self.authenticate(request)
         content_type = self.headers.get("Content-Type", "")
         if "multipart/form-data" in content_type:
             request.form = parse_multipart(self.read_body(request), content_type)
@@ -547,19 +780,32 @@ class FrontHandler(BaseHTTPRequestHandler):
         if trailing:
             output_format = trailing.group(1)
 
-        with RUNNING_LOCK:
-            if query_id in RUNNING_QUERIES:
-                raise self.engine.error(
-                    "QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING", f"Query with id = {query_id} is already running.")
-            RUNNING_QUERIES.add(query_id)
+        process = PROCESSES.add(query_id, user)
+        if process is None:
+            raise self.engine.error(
+                "QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING", f"Query with id = {query_id} is already running.")
+        self.process = process
         try:
+            # A server cancels only read-only queries on a hang-up: a write may have been
+            # committed in part. Inserts read their body while they run, so are never watched.
+            if (readonly > 0 and insert_format is None
+                    and settings.get("cancel_http_readonly_queries_on_client_close", "").lower() in ("1", "true")):
+                self.watcher.watch(self.connection, process)
             self.run_locked(request, statement, keyword, insert_format, settings, output_format, params, query_id)
+        except Exception:
+            # The engine's "Query was cancelled" (or a write to the closed socket) after a
+            # hang-up: there is nobody to tell.
+            if process.cancelled.is_set():
+                raise ClientGone() from None
+            raise
         finally:
-            with RUNNING_LOCK:
-                RUNNING_QUERIES.discard(query_id)
+            process.finish()
+            self.watcher.unwatch(process)
+            PROCESSES.remove(process)
 
     def run_locked(self, request, statement, keyword, insert_format, settings, output_format, params, query_id):
-        with ENGINE_LOCK:
+        self.process.wait_for_engine()
+        try:
             applied = []
             database = request.params.get("database") or request.params.get("default_database")
             # The session rests in `default`; switching costs two engine calls, so only when needed.
@@ -574,18 +820,19 @@ class FrontHandler(BaseHTTPRequestHandler):
                         continue
                     self.engine.session.query(f"SET {name} = {sql_string(value)}")
                     applied.append(name)
-                if keyword == "SET":
-                    # Without a session a SET lasts for its own request only: nothing to do.
-                    self.send_result(request, query_id, output_format, [b""], {})
-                elif insert_format is not None:
-                    self.stream_insert(request, statement, insert_format, query_id)
-                elif keyword in STREAMED_STATEMENTS:
-                    self.stream_select(request, statement, output_format, params, query_id)
-                else:
-                    result = self.engine.session.query(statement, output_format, params=params or None)
-                    self.send_result(request, query_id, output_format, [result.bytes()], {
-                        "written_rows": result.rows_written(), "written_bytes": result.bytes_written(),
-                        "read_rows": result.rows_read(), "read_bytes": result.bytes_read()})
+                with self.process.executing():
+                    if keyword == "SET":
+                        # Without a session a SET lasts for its own request only: nothing to do.
+                        self.send_result(request, query_id, output_format, [b""], {})
+                    elif insert_format is not None:
+                        self.stream_insert(request, statement, insert_format, query_id)
+                    elif keyword in STREAMED_STATEMENTS:
+                        self.stream_select(request, statement, output_format, params, query_id)
+                    else:
+                        result = self.engine.session.query(statement, output_format, params=params or None)
+                        self.send_result(request, query_id, output_format, [result.bytes()], {
+                            "written_rows": result.rows_written(), "written_bytes": result.bytes_written(),
+                            "read_rows": result.rows_read(), "read_bytes": result.bytes_read()})
             finally:
                 # Each reset on its own: one failing must neither hide the request's error nor
                 # leave the remaining settings for the next request.
@@ -599,6 +846,8 @@ class FrontHandler(BaseHTTPRequestHandler):
                         self.engine.session.query("USE default")
                     except Exception as exc:  # noqa: BLE001
                         print(f"front: cannot return to database default: {exc}", file=sys.stderr)
+        finally:
+            ENGINE_LOCK.release()
 
     def read_body(self, request):
         data = request.body.read_all()
@@ -651,6 +900,8 @@ class FrontHandler(BaseHTTPRequestHandler):
         try:
             held, size, stats, first = [], 0, {"read_rows": 0, "read_bytes": 0}, True
             for chunk in stream:
+                if self.process.cancelled.is_set():
+                    raise ClientGone()  # noticed between blocks: no need to wait for a kill
                 data = chunk.bytes()
                 stats["read_rows"] += chunk.rows_read()
                 stats["read_bytes"] += chunk.bytes_read()
@@ -851,6 +1102,7 @@ def main():
     os.makedirs(data_dir, exist_ok=True)
     FrontHandler.engine = Engine(data_dir)
     FrontHandler.users = Users(os.environ["CHFRONT_USERS"])
+    FrontHandler.watcher = HangUpWatcher(FrontHandler.engine)
     server = FrontServer((host, port), FrontHandler)
 
     def stop(*_):
@@ -862,7 +1114,7 @@ def main():
           flush=True)
     server.serve_forever(poll_interval=0.2)
     with ENGINE_LOCK:
-        FrontHandler.engine.session.close()
+        FrontHandler.engine.close()
 
 
 if __name__ == "__main__":
