@@ -78,6 +78,7 @@ impl Application {
             .with_context(|| format!("binding 127.0.0.1:{}", settings.port))?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+            .on_connect(http::disconnect::remember_socket)
             .listen(listener)?
             .run();
         Ok(Self { port, server })

@@ -1,6 +1,7 @@
 //! The HTTP edge: the host's readiness probe, forwarded endpoint requests, invocation
 //! payloads, and the one table that turns errors into problem+json responses.
 
+pub mod disconnect;
 mod health;
 mod invocation;
 mod negotiate;

@@ -11,6 +11,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use futures_util::stream;
 
+use super::disconnect::ClientSocket;
 use super::negotiate::choose_format;
 use super::problem::{ApiError, rate_limit_headers};
 use super::request_id::request_id;
@@ -287,7 +288,22 @@ pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppSt
         timeout: header_text(&request, "x-request-timeout"),
     };
     let if_none_match = header_text(&request, header::IF_NONE_MATCH.as_str());
-    match start_query(&state, query_request, &request_id, state.response_buffer_bytes, false).await {
+    let work = start_query(&state, query_request, &request_id, state.response_buffer_bytes, false);
+    let outcome = match request.conn_data::<ClientSocket>() {
+        Some(socket) => tokio::select! {
+            outcome = work => outcome,
+            () = socket.gone() => {
+                // Dropping the work dropped the ClickHouse response: the query is cancelled.
+                tracing::info!(endpoint.name = endpoint.name(), request.id = %request_id, "client went away; query cancelled");
+                // Never sent: there is nobody to send it to (nginx logs this as 499).
+                return HttpResponse::new(
+                    actix_web::http::StatusCode::from_u16(499).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
+                );
+            }
+        },
+        None => work.await,
+    };
+    match outcome {
         Ok(started) => respond(
             started,
             request_id,

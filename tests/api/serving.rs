@@ -365,3 +365,23 @@ async fn the_circuit_opens_after_repeated_failures_and_closes_after_a_good_probe
     );
     assert_eq!(app.get("whoami", &[]).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_has_its_clickhouse_query_cancelled() {
+    let app = spawn_app_with(|_| {}).await;
+    let connection = crate::helpers::connection();
+    let request_id = format!("hangup-{}", uuid::Uuid::new_v4().simple());
+    // 50 rows at 0.2 s each: ten seconds unless cancelled. The request id is the query id.
+    let request = app
+        .api_client
+        .get(format!("{}/api/sleepy?rows=50", app.address))
+        .header("X-Request-Id", &request_id)
+        .send();
+    let client = tokio::spawn(request);
+    crate::clickhouse_front::wait_for_state(&connection, &request_id, Some("running"), Duration::from_secs(5)).await;
+    // The caller goes away.
+    client.abort();
+    let _ = client.await;
+    let gone_in = crate::clickhouse_front::wait_for_state(&connection, &request_id, None, Duration::from_secs(1)).await;
+    eprintln!("the query left ClickHouse's process list {gone_in:?} after its client hung up");
+}

@@ -1,0 +1,42 @@
+//! Noticing that a client has gone while its request is still being worked on. actix-web
+//! keeps polling a handler whose client disconnected (actix/actix-web#3462), so a query would
+//! run to its end for nobody. Each connection keeps a duplicate of its socket's descriptor;
+//! a request races its work against that socket reaching end-of-file, and dropping the work
+//! drops the ClickHouse response, which cancels the query.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use actix_web::dev::Extensions;
+
+/// The connection's socket, as a second descriptor (never read from, only peeked at).
+#[derive(Debug, Clone)]
+pub struct ClientSocket(Arc<OwnedFd>);
+
+/// Stores the socket of a new connection (`HttpServer::on_connect`).
+pub fn remember_socket(connection: &dyn std::any::Any, extensions: &mut Extensions) {
+    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
+        && let Ok(fd) = tcp.as_fd().try_clone_to_owned()
+    {
+        extensions.insert(ClientSocket(Arc::new(fd)));
+    }
+}
+
+impl ClientSocket {
+    /// Resolves when the client has closed the connection. Data from the client (a pipelined
+    /// request) means it is still there: watching stops and this never resolves.
+    pub async fn gone(&self) {
+        let watched = self.0.try_clone().map(std::net::TcpStream::from).and_then(|stream| {
+            stream.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(stream)
+        });
+        let Ok(stream) = watched else {
+            return std::future::pending().await;
+        };
+        let mut byte = [0u8; 1];
+        match stream.peek(&mut byte).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        }
+    }
+}
