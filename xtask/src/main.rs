@@ -39,15 +39,31 @@ enum Task {
         #[command(subcommand)]
         action: ClickhouseAction,
     },
-    /// Compare the same endpoint queries straight to ClickHouse and through the handler
-    /// (release build): p50/p99 latency and requests/s at several concurrency levels.
+    /// Measure the handler (release build) and write the figures with a description of the
+    /// machine to bench/results/<date>-<host>.md: the same endpoint queries straight to
+    /// ClickHouse, through the handler as cache misses and as cache hits (p50/p99, requests/s
+    /// and their ratios at each concurrency level), cold start, resident memory and the
+    /// handler's own cost per request. Figures only: nothing is asserted about timing.
     Bench {
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        /// Concurrency levels.
-        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        /// Seconds per measurement (default 5); with --load, of the whole run (default 60).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Concurrency levels; with --load, the number of concurrent callers (the largest).
+        #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
         concurrency: Vec<usize>,
+        /// Require the instruction counts (valgrind's callgrind; a few seconds). Without it
+        /// they are taken when valgrind is on PATH.
+        #[arg(long, conflicts_with_all = ["load", "no_callgrind"])]
+        callgrind: bool,
+        /// Skip the instruction counts.
+        #[arg(long)]
+        no_callgrind: bool,
+        /// Instead, run many callers (several tenants and subjects, cached and uncached
+        /// endpoints) against one handler under the shipped access policy, and report answers
+        /// by status, latency and resident memory sampled every second. Fails if any answer
+        /// is other than a 2xx or a 429.
+        #[arg(long)]
+        load: bool,
     },
     /// Print an access token from the development issuer, for curl: roles are granted the way
     /// access.toml says (the first grant rule of the role).
@@ -159,11 +175,38 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
             let issuer = format!("http://127.0.0.1:{}", dev_issuer::DEFAULT_PORT);
             println!("{}", key.sign(&dev_issuer::claims(&issuer, &subject, extra))?);
         }
-        Task::Bench { seconds, concurrency } => {
+        Task::Bench {
+            seconds,
+            concurrency,
+            callgrind,
+            no_callgrind,
+            load,
+        } => {
+            anyhow::ensure!(
+                !concurrency.is_empty() && !concurrency.contains(&0),
+                "--concurrency needs levels of at least 1"
+            );
             let (connection, started) = clickhouse(&local).await?;
-            let outcome = ensure_sample_data(&connection, 1_000_000).await;
-            let outcome = match outcome {
-                Ok(()) => xtask::bench::run(&connection, std::time::Duration::from_secs(seconds), &concurrency).await,
+            let outcome = match ensure_sample_data(&connection, 1_000_000).await {
+                Ok(()) if load => {
+                    let options = xtask::bench::LoadOptions {
+                        duration: std::time::Duration::from_secs(seconds.unwrap_or(60)),
+                        callers: concurrency.iter().copied().max().unwrap_or(64),
+                    };
+                    xtask::bench::load(&connection, &options).await
+                }
+                Ok(()) => {
+                    let options = xtask::bench::Options {
+                        duration: std::time::Duration::from_secs(seconds.unwrap_or(5)),
+                        levels: concurrency,
+                        callgrind: match (callgrind, no_callgrind) {
+                            (true, _) => xtask::bench::Callgrind::Required,
+                            (false, true) => xtask::bench::Callgrind::Off,
+                            (false, false) => xtask::bench::Callgrind::Auto,
+                        },
+                    };
+                    xtask::bench::run(&connection, &options).await
+                }
                 Err(error) => Err(error),
             };
             if started {
