@@ -3,6 +3,7 @@
 //! [`start_query`], which checks the request, runs the query and holds back the first part of
 //! the result so that a failure early in the result still gets an honest status.
 
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header;
@@ -288,20 +289,33 @@ pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppSt
         timeout: header_text(&request, "x-request-timeout"),
     };
     let if_none_match = header_text(&request, header::IF_NONE_MATCH.as_str());
-    let work = start_query(&state, query_request, &request_id, state.response_buffer_bytes, false);
-    let outcome = match request.conn_data::<ClientSocket>() {
-        Some(socket) => tokio::select! {
-            outcome = work => outcome,
-            () = socket.gone() => {
-                // Dropping the work dropped the ClickHouse response: the query is cancelled.
-                tracing::info!(endpoint.name = endpoint.name(), request.id = %request_id, "client went away; query cancelled");
-                // Never sent: there is nobody to send it to (nginx logs this as 499).
-                return HttpResponse::new(
-                    actix_web::http::StatusCode::from_u16(499).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
-                );
-            }
-        },
-        None => work.await,
+    // In a block of its own: the work borrows the request id, which the response then takes.
+    let outcome = {
+        let mut work = std::pin::pin!(start_query(
+            &state,
+            query_request,
+            &request_id,
+            state.response_buffer_bytes,
+            false,
+        ));
+        // Most answers (cache hits, refusals) are ready at the first poll: only work that has to
+        // wait is raced against the client's socket, which costs a descriptor and a registration.
+        let first_poll = futures_util::poll!(&mut work);
+        match (first_poll, request.conn_data::<ClientSocket>()) {
+            (Poll::Ready(outcome), _) => outcome,
+            (Poll::Pending, None) => work.await,
+            (Poll::Pending, Some(socket)) => tokio::select! {
+                outcome = &mut work => outcome,
+                () = socket.gone() => {
+                    // Dropping the work dropped the ClickHouse response: the query is cancelled.
+                    tracing::info!(endpoint.name = endpoint.name(), request.id = %request_id, "client went away; query cancelled");
+                    // Never sent: there is nobody to send it to (nginx logs this as 499).
+                    return HttpResponse::new(
+                        actix_web::http::StatusCode::from_u16(499).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
+                    );
+                }
+            },
+        }
     };
     match outcome {
         Ok(started) => respond(
@@ -436,4 +450,37 @@ fn respond(started: Started, request_id: String, endpoint_name: String, if_none_
 fn etag_matches(if_none_match: &str, etag: &str) -> bool {
     let bare = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
     if_none_match.trim() == "*" || if_none_match.split(',').any(|tag| bare(tag) == bare(etag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_can_shorten_the_deadline_but_never_lengthen_it() {
+        let ours = Duration::from_secs(60);
+        assert_eq!(request_timeout(None, ours).ok(), Some(ours));
+        assert_eq!(
+            request_timeout(Some(" 2.5 "), ours).ok(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(request_timeout(Some("600"), ours).ok(), Some(ours));
+        for bad in ["0", "-1", "soon", "NaN", "inf", ""] {
+            assert!(
+                matches!(request_timeout(Some(bad), ours), Err(ApiError::InvalidTimeout(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_accepts_a_list_or_a_star() {
+        let etag = "\"abc\"";
+        assert!(etag_matches("\"abc\"", etag));
+        assert!(etag_matches("W/\"abc\"", etag));
+        assert!(etag_matches("\"x\", \"abc\"", etag));
+        assert!(etag_matches("*", etag));
+        assert!(!etag_matches("\"abcd\"", etag));
+        assert!(!etag_matches("", etag));
+    }
 }

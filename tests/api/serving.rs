@@ -385,3 +385,21 @@ async fn a_client_that_hangs_up_has_its_clickhouse_query_cancelled() {
     let gone_in = crate::clickhouse_front::wait_for_state(&connection, &request_id, None, Duration::from_secs(1)).await;
     eprintln!("the query left ClickHouse's process list {gone_in:?} after its client hung up");
 }
+
+#[tokio::test]
+async fn results_over_the_entry_limit_are_streamed_and_not_cached() {
+    let (app, proxy) = app_behind_proxy(|settings| settings.serving.cache_max_entry_bytes = 16).await;
+    for _ in 0..2 {
+        let response = app.get("cached", &[("n", "2")]).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-cache"), "", "not a cache answer");
+        assert_eq!(header(&response, "cache-control"), "no-store");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["data"][0]["tenant"], "acme");
+    }
+    assert_eq!(
+        queries_seen(&proxy, "generateUUIDv4"),
+        2,
+        "each request ran its own query"
+    );
+}
