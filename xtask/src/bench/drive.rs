@@ -168,30 +168,71 @@ where
     F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Outcome> + Send,
 {
+    let [total] = drive_kinds(concurrency, duration, move |worker, sequence| {
+        (0, request(worker, sequence))
+    })
+    .await?;
+    Ok(total)
+}
+
+/// Runs `concurrency` loops for `duration` in which every request is of one of `K` kinds:
+/// `request(worker, sequence)` says which (an index below `K`) and returns the future, which
+/// alone is timed. Each kind gets its own tally, all over the same window (the same wall time),
+/// so kinds that share the loops see the same load.
+pub(super) async fn drive_kinds<const K: usize, F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    request: F,
+) -> anyhow::Result<[Tally; K]>
+where
+    F: Fn(usize, u64) -> (usize, Fut) + Clone + Send + 'static,
+    Fut: Future<Output = Outcome> + Send,
+{
     let began = Instant::now();
     let deadline = began + duration;
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..concurrency {
         let request = request.clone();
         workers.spawn(async move {
-            let mut tally = Tally::default();
+            let mut tallies: [Tally; K] = std::array::from_fn(|_| Tally::default());
             let mut sequence = 0;
             while Instant::now() < deadline {
-                let pending = request(worker, sequence);
+                let (kind, pending) = request(worker, sequence);
                 let start = Instant::now();
                 let outcome = pending.await;
-                tally.record(outcome, start.elapsed());
+                tallies[kind].record(outcome, start.elapsed());
                 sequence += 1;
             }
-            tally
+            tallies
         });
     }
-    let mut total = Tally::default();
-    while let Some(tally) = workers.join_next().await {
-        total.merge(tally.context("a request loop panicked")?);
+    let mut totals: [Tally; K] = std::array::from_fn(|_| Tally::default());
+    while let Some(tallies) = workers.join_next().await {
+        for (total, tally) in totals.iter_mut().zip(tallies.context("a request loop panicked")?) {
+            total.merge(tally);
+        }
     }
-    total.finish(began.elapsed());
-    Ok(total)
+    let wall = began.elapsed();
+    for total in &mut totals {
+        total.finish(wall);
+    }
+    Ok(totals)
+}
+
+/// Which of two kinds a worker's request `sequence` is, so that the worker's requests interleave
+/// both kinds evenly and in no fixed pattern: each pair of requests (0 and 1, 2 and 3, …) holds
+/// one of each kind, in an order drawn from `seed`, the worker and the pair (the same every run).
+pub(super) fn interleaved(seed: u64, worker: usize, sequence: u64) -> usize {
+    let flip = splitmix64(seed ^ splitmix64((worker as u64) << 32 ^ (sequence / 2))) & 1;
+    ((sequence % 2) ^ flip) as usize
+}
+
+/// SplitMix64's output function: a well-mixed 64-bit value from any 64-bit input.
+fn splitmix64(value: u64) -> u64 {
+    let mut z = value.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A GET, its body read whole.
@@ -371,6 +412,41 @@ mod tests {
         assert_eq!(tally.percentile_ms(1.0), 500.0);
         assert_eq!(tally.status_summary(), "200: 101, 429 rate_limited: 1, no answer: 1");
         assert_eq!(tally.cache_summary(), "hit 100, miss 1");
+    }
+
+    #[test]
+    fn interleaves_two_kinds_evenly_and_in_no_fixed_order() {
+        for worker in 0..8 {
+            let kinds: Vec<usize> = (0..1000).map(|s| interleaved(7, worker, s)).collect();
+            for pair in kinds.chunks(2) {
+                assert_eq!(pair.iter().sum::<usize>(), 1, "each pair holds one of each kind");
+            }
+            let direct_first = kinds.chunks(2).filter(|pair| pair[0] == 0).count();
+            assert!(
+                (200..300).contains(&direct_first),
+                "{direct_first} of 500 pairs start with kind 0"
+            );
+            assert_eq!(kinds, (0..1000).map(|s| interleaved(7, worker, s)).collect::<Vec<_>>());
+        }
+        let first: Vec<usize> = (0..64).map(|s| interleaved(7, 0, s)).collect();
+        let second: Vec<usize> = (0..64).map(|s| interleaved(7, 1, s)).collect();
+        assert_ne!(first, second, "workers have their own orders");
+    }
+
+    #[tokio::test]
+    async fn tallies_each_kind_over_one_window() {
+        let [even, odd] = drive_kinds(2, Duration::from_millis(50), |_, sequence| {
+            let kind = (sequence % 2) as usize;
+            (kind, async {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Outcome::ok()
+            })
+        })
+        .await
+        .expect("no loop panics");
+        assert!(even.successes() > 0 && odd.successes() > 0);
+        assert!(even.successes().abs_diff(odd.successes()) <= 2);
+        assert_eq!(even.wall, odd.wall);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! - the same endpoint queries straight to ClickHouse with the `clickhouse` crate, through the
 //!   handler with every request a cache miss, and through the handler answering from its cache,
-//!   at several concurrency levels, with the ratios that matter against their targets;
+//!   at several concurrency levels, with the ratios that matter against their targets (direct
+//!   and miss requests interleave in one window, so both see the same ClickHouse queue);
 //! - cold start (spawn to the first `GET /` 200, and to the first endpoint answer);
 //! - the handler's resident memory, idle and after the load;
 //! - the handler's own cost per request (a cache hit less a bare `GET /`), with a token it has
@@ -218,9 +219,14 @@ async fn run_with(bench: &Bench, options: &Options) -> anyhow::Result<()> {
          - Each measurement runs {} s; concurrency levels {:?}.\n\
          - direct: the endpoint's SQL with the `clickhouse` crate, with the same typed \
            parameters and the settings the handler sends (readonly, limits, overflow modes, \
-           output options, quota key, log comment, query id). miss: the release handler serving the catalog as shipped, no endpoint \
-           cached, so every request runs the query. hit: a second handler whose catalog gives \
-           every endpoint `[cache] ttl = 600`, warmed once per case.\n\
+           output options, quota key, log comment, query id). miss: the release handler serving \
+           the catalog as shipped, no endpoint cached, so every request runs the query. hit: a \
+           second handler whose catalog gives every endpoint `[cache] ttl = 600`, warmed once per \
+           case.\n\
+         - Direct and miss requests interleave in one window so both see the same ClickHouse \
+           queue: at concurrency N, N loops each send both kinds in turn (every two consecutive \
+           requests of a loop hold one of each, in an order fixed by a seed), and each kind's \
+           p50, p99 and rps come from that window. Hit has a window of its own after it.\n\
          - Both handlers: the access policy without its `limits` ({removed} removed), \
            `CHGATE_MAX_INFLIGHT_QUERIES={MAX_INFLIGHT_QUERIES}`, `RUST_LOG=warn`. One HTTP/1.1 \
            keep-alive client (reqwest) on the same machine drives them.\n\
