@@ -9,11 +9,11 @@ use super::policy::{AccessPolicy, Role};
 use super::token::Claims;
 use crate::catalog::Endpoint;
 
-/// A verified caller.
+/// A verified caller, with its roles borrowed from the policy (nothing is copied per request).
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub struct Caller<'p> {
     subject: String,
-    roles: Vec<Role>,
+    roles: Vec<&'p Role>,
     tenant: Option<String>,
 }
 
@@ -26,9 +26,9 @@ pub enum AccessError {
     NoTenant,
 }
 
-impl Caller {
+impl<'p> Caller<'p> {
     /// Maps verified claims to roles and a tenant through the policy.
-    pub fn from_claims(claims: &Claims, policy: &AccessPolicy) -> Self {
+    pub fn from_claims(claims: &Claims, policy: &'p AccessPolicy) -> Self {
         if claims
             .get("_claim_names")
             .and_then(|names| names.get("groups"))
@@ -40,18 +40,21 @@ impl Caller {
         }
         Self {
             subject: subject_of(claims).to_owned(),
-            roles: policy.roles_for(claims).into_iter().cloned().collect(),
+            roles: policy.roles_for(claims),
             tenant: policy.tenant_for(claims),
         }
     }
 
     /// The permission to run `endpoint`: the first of the endpoint's roles the caller holds,
     /// and a tenant whenever the endpoint's SQL is filtered by one.
-    pub fn grant<'e>(&self, endpoint: &'e Endpoint) -> Result<Grant<'e>, AccessError> {
+    pub fn grant<'e>(&self, endpoint: &'e Endpoint) -> Result<Grant<'e>, AccessError>
+    where
+        'p: 'e,
+    {
         let role = endpoint
             .roles()
             .iter()
-            .find_map(|name| self.roles.iter().find(|held| &held.name == name))
+            .find_map(|name| self.roles.iter().copied().find(|held| &held.name == name))
             .ok_or_else(|| AccessError::RoleNotAllowed {
                 held: if self.roles.is_empty() {
                     "none".to_owned()
@@ -69,7 +72,7 @@ impl Caller {
         }
         Ok(Grant {
             endpoint,
-            role: role.clone(),
+            role,
             tenant: self.tenant.clone(),
             subject: self.subject.clone(),
         })
@@ -90,7 +93,7 @@ pub fn subject_hash(subject: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Grant<'e> {
     endpoint: &'e Endpoint,
-    role: Role,
+    role: &'e Role,
     tenant: Option<String>,
     subject: String,
 }
@@ -99,8 +102,8 @@ impl<'e> Grant<'e> {
     pub fn endpoint(&self) -> &'e Endpoint {
         self.endpoint
     }
-    pub fn role(&self) -> &Role {
-        &self.role
+    pub fn role(&self) -> &'e Role {
+        self.role
     }
     pub fn tenant(&self) -> Option<&str> {
         self.tenant.as_deref()
@@ -110,18 +113,14 @@ impl<'e> Grant<'e> {
     }
 
     /// The values of the reserved caller parameters the endpoint's SQL uses.
-    pub fn caller_params(&self) -> Vec<(&'static str, String)> {
-        self.endpoint
-            .caller_params()
-            .iter()
-            .map(|name| {
-                let value = match *name {
-                    "caller_tenant" => self.tenant.clone().unwrap_or_default(),
-                    "caller_subject" => self.subject.clone(),
-                    _ => self.role.name.clone(),
-                };
-                (*name, value)
-            })
-            .collect()
+    pub fn caller_params(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.endpoint.caller_params().iter().map(|name| {
+            let value = match *name {
+                "caller_tenant" => self.tenant.as_deref().unwrap_or_default(),
+                "caller_subject" => self.subject.as_str(),
+                _ => self.role.name.as_str(),
+            };
+            (*name, value)
+        })
     }
 }

@@ -33,34 +33,55 @@ use crate::catalog::format::OutputFormat;
 /// How many failed flights a follower waits out before running its own query.
 pub const FOLLOW_ATTEMPTS: u32 = 2;
 
-/// Everything that decides a cached result's bytes.
+/// Everything that decides a cached result's bytes, as one length-prefixed byte string: the
+/// endpoint, the deployment version, the role, the tenant, each caller parameter, each typed
+/// value (as sent to ClickHouse) and the format. Built with one allocation, compared whole.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    endpoint: String,
-    version: Arc<str>,
-    role: String,
-    tenant: Option<String>,
-    caller_params: Vec<(&'static str, String)>,
-    params: Vec<(String, String)>,
-    format: OutputFormat,
+pub struct CacheKey(Box<[u8]>);
+
+/// Appends one length-prefixed field, so that no two different field lists encode alike.
+fn push_field(key: &mut Vec<u8>, field: &[u8]) {
+    key.extend_from_slice(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_le_bytes());
+    key.extend_from_slice(field);
 }
 
 impl CacheKey {
-    pub fn new(version: &Arc<str>, grant: &Grant<'_>, params: &BoundParams, format: OutputFormat) -> Self {
-        Self {
-            endpoint: grant.endpoint().name().to_owned(),
-            version: Arc::clone(version),
-            role: grant.role().name.clone(),
-            tenant: grant.tenant().map(str::to_owned),
-            caller_params: grant.caller_params(),
-            // The values as they are sent to ClickHouse: two spellings of one value (a date
-            // with or without its time) parse to the same typed value and share an entry.
-            params: params
-                .iter()
-                .map(|(name, value)| (name.to_owned(), serde_json::to_string(value).unwrap_or_default()))
-                .collect(),
-            format,
+    pub fn new(version: &str, grant: &Grant<'_>, params: &BoundParams, format: OutputFormat) -> Self {
+        let mut key = Vec::with_capacity(256);
+        push_field(&mut key, grant.endpoint().name().as_bytes());
+        push_field(&mut key, version.as_bytes());
+        push_field(&mut key, grant.role().name.as_bytes());
+        // A marker byte tells "no tenant" from an empty one.
+        match grant.tenant() {
+            Some(tenant) => {
+                key.push(1);
+                push_field(&mut key, tenant.as_bytes());
+            }
+            None => key.push(0),
         }
+        for (name, value) in grant.caller_params() {
+            push_field(&mut key, name.as_bytes());
+            push_field(&mut key, value.as_bytes());
+        }
+        for (name, value) in params.iter() {
+            push_field(&mut key, name.as_bytes());
+            // The value as it is sent to ClickHouse: two spellings of one value (a date with or
+            // without its time) parse to the same typed value and share an entry. Written in
+            // place behind a length that is filled in afterwards.
+            let at = key.len();
+            key.extend_from_slice(&[0; 4]);
+            if serde_json::to_writer(&mut key, value).is_err() {
+                key.truncate(at + 4);
+            }
+            let length = u32::try_from(key.len() - at - 4).unwrap_or(u32::MAX);
+            key[at..at + 4].copy_from_slice(&length.to_le_bytes());
+        }
+        push_field(&mut key, format.name().as_bytes());
+        Self(key.into_boxed_slice())
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -173,8 +194,7 @@ impl ResultCache {
             entries: Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|key: &Arc<CacheKey>, entry: &Arc<CachedResult>| {
-                    let key_bytes: usize = key.params.iter().map(|(n, v)| n.len() + v.len()).sum();
-                    u32::try_from(entry.body.len() + key_bytes + 256).unwrap_or(u32::MAX)
+                    u32::try_from(entry.body.len() + key.len() + 256).unwrap_or(u32::MAX)
                 })
                 .expire_after(EntryExpiry)
                 .build(),
@@ -302,15 +322,24 @@ mod tests {
     use super::*;
 
     fn key(tenant: &str) -> Arc<CacheKey> {
-        Arc::new(CacheKey {
-            endpoint: "e".into(),
-            version: Arc::from("v1"),
-            role: "analyst".into(),
-            tenant: Some(tenant.into()),
-            caller_params: vec![("caller_tenant", tenant.into())],
-            params: vec![("limit".into(), "10".into())],
-            format: OutputFormat::Json,
-        })
+        let mut key = Vec::new();
+        for field in ["e", "v1", "analyst", tenant, "limit", "10", "json"] {
+            push_field(&mut key, field.as_bytes());
+        }
+        Arc::new(CacheKey(key.into_boxed_slice()))
+    }
+
+    #[test]
+    fn fields_are_length_prefixed_so_shifted_boundaries_differ() {
+        let encode = |fields: &[&str]| {
+            let mut key = Vec::new();
+            for field in fields {
+                push_field(&mut key, field.as_bytes());
+            }
+            key
+        };
+        assert_ne!(encode(&["ab", "c"]), encode(&["a", "bc"]));
+        assert_ne!(encode(&["a", ""]), encode(&["a"]));
     }
 
     #[test]
