@@ -20,6 +20,7 @@ mod drive;
 mod handler;
 mod load;
 mod machine;
+mod signatures;
 mod startup;
 mod table;
 mod throughput;
@@ -296,6 +297,9 @@ async fn measure(
         .build()?;
     report.add(&throughput::throughput(bench, &http, miss, hit, options).await?);
     report.add(&throughput::handler_cost(bench, &http, hit, options.duration).await?);
+    // Signing and verifying are CPU work: off the async threads.
+    let duration = options.duration;
+    report.add(&tokio::task::spawn_blocking(move || signatures::section(duration)).await??);
     Ok(())
 }
 
