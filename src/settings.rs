@@ -56,6 +56,9 @@ pub struct ServingSettings {
 /// The Functions host's limit on an HTTP-triggered response (the load balancer's idle timeout).
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(230);
 
+/// The longest the circuit may stay open before it probes.
+pub const MAX_BREAKER_COOLDOWN: Duration = Duration::from_secs(3600);
+
 impl Default for ServingSettings {
     fn default() -> Self {
         Self {
@@ -182,6 +185,16 @@ impl Settings {
                 .max(1),
             breaker_cooldown: seconds("CHGATE_BREAKER_COOLDOWN_SECONDS", defaults.breaker_cooldown.as_secs())?,
         };
+        if serving.breaker_cooldown > MAX_BREAKER_COOLDOWN {
+            return Err(SettingsError::InvalidNumber {
+                name: "CHGATE_BREAKER_COOLDOWN_SECONDS",
+                value: format!(
+                    "{} (at most {})",
+                    serving.breaker_cooldown.as_secs(),
+                    MAX_BREAKER_COOLDOWN.as_secs()
+                ),
+            });
+        }
         Ok(Self {
             serving,
             port,

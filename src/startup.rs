@@ -96,18 +96,16 @@ impl Application {
 /// A digest of the catalog's files and the access policy: part of every cache key, so that a
 /// cache shared across deployments could never serve one version's results to another.
 fn deployment_version(functions_dir: &Path, access_policy: &Path) -> Arc<str> {
+    // The files the catalog reads: <dir>/<function>/{function.json,query.sql,endpoint.toml}.
+    // Symbolic links are not followed, so a link cycle cannot hold up the start.
     let mut files = Vec::new();
-    let mut pending = vec![functions_dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|ext| ext == "sql" || ext == "toml" || ext == "json")
-            {
+    for function in std::fs::read_dir(functions_dir).into_iter().flatten().flatten() {
+        if !function.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        for name in ["function.json", "query.sql", "endpoint.toml"] {
+            let path = function.path().join(name);
+            if path.is_file() {
                 files.push(path);
             }
         }

@@ -145,11 +145,12 @@ impl TokenVerifier {
         if token.len() > self.options.max_token_bytes {
             return Err(TokenError::TooLarge(self.options.max_token_bytes));
         }
-        if let Some(claims) = self.verified.get(token) {
+        let key = VerifiedTokens::key_of(token);
+        if let Some(claims) = self.verified.get(&key) {
             return Ok(claims);
         }
         let claims = Arc::new(self.verify_signed(token).await?);
-        self.verified.insert(token, Arc::clone(&claims));
+        self.verified.insert(key, token.len(), Arc::clone(&claims));
         Ok(claims)
     }
 

@@ -23,18 +23,24 @@ pub fn remember_socket(connection: &dyn std::any::Any, extensions: &mut Extensio
 }
 
 impl ClientSocket {
+    /// A watch on the socket (its own descriptor, registered once), if one can be made.
+    pub fn watch(&self) -> Option<Watch> {
+        let stream = self.0.try_clone().map(std::net::TcpStream::from).ok()?;
+        stream.set_nonblocking(true).ok()?;
+        tokio::net::TcpStream::from_std(stream).ok().map(Watch)
+    }
+}
+
+/// A watch on a client's socket, for one request.
+#[derive(Debug)]
+pub struct Watch(tokio::net::TcpStream);
+
+impl Watch {
     /// Resolves when the client has closed the connection. Data from the client (a pipelined
     /// request) means it is still there: watching stops and this never resolves.
     pub async fn gone(&self) {
-        let watched = self.0.try_clone().map(std::net::TcpStream::from).and_then(|stream| {
-            stream.set_nonblocking(true)?;
-            tokio::net::TcpStream::from_std(stream)
-        });
-        let Ok(stream) = watched else {
-            return std::future::pending().await;
-        };
         let mut byte = [0u8; 1];
-        match stream.peek(&mut byte).await {
+        match self.0.peek(&mut byte).await {
             Ok(0) | Err(_) => {}
             Ok(_) => std::future::pending().await,
         }

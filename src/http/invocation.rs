@@ -62,6 +62,7 @@ pub async fn invoke_function(
     payload: Payload,
     state: Data<AppState>,
 ) -> HttpResponse {
+    let received = std::time::Instant::now();
     let Some(endpoint) = state.catalog.by_function_name(&function) else {
         return HttpResponse::NotFound().json(json!({"error": format!("no function named {:?}", shorten(&function))}));
     };
@@ -104,6 +105,7 @@ pub async fn invoke_function(
                 accept: host_request.header("accept"),
                 authorization: host_request.header("authorization"),
                 timeout: host_request.header("x-request-timeout"),
+                received,
             };
             run_whole(&state, query_request, &request_id).await
         }

@@ -69,6 +69,8 @@ pub enum ApiError {
     ParamRejected(String),
     #[error("the query did not finish within the endpoint's time limit")]
     Timeout,
+    #[error("your tenant's ClickHouse quota is used up for now; retry later")]
+    QuotaExceeded,
     #[error("ClickHouse is unavailable; retry later")]
     Unavailable,
     #[error("ClickHouse is unavailable (it failed repeatedly just now); retry after {} s", whole_seconds(*.0))]
@@ -77,7 +79,7 @@ pub enum ApiError {
     Limited(Refusal),
     #[error("the request did not finish within its deadline of {0:?}; narrow it or allow more time")]
     DeadlineExceeded(Duration),
-    #[error("X-Request-Timeout must be a number of seconds above 0, such as 2.5; got {0:?}")]
+    #[error("X-Request-Timeout must be a number of seconds, at least 0.001, such as 2.5; got {0:?}")]
     InvalidTimeout(String),
     #[error("the query failed")]
     QueryFailed,
@@ -142,6 +144,7 @@ impl ApiError {
             Self::ResultTooLarge(_) => (StatusCode::UNPROCESSABLE_ENTITY, "result_too_large"),
             Self::ParamRejected(_) => (StatusCode::BAD_REQUEST, "param_rejected"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "query_timeout"),
+            Self::QuotaExceeded => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             Self::Unavailable | Self::CircuitOpen(_) => (StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable"),
             Self::Limited(Refusal::Rate { .. }) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Limited(Refusal::Concurrency { .. }) => (StatusCode::TOO_MANY_REQUESTS, "too_many_in_progress"),
@@ -157,7 +160,9 @@ impl ApiError {
     pub fn from_query(error: &QueryError, request_id: &str) -> Self {
         match error {
             QueryError::Exception { code, name, message } => match code {
-                159 => Self::Timeout,
+                // TIMEOUT_EXCEEDED, and TOO_SLOW (the estimate says it would exceed the limit).
+                159 | 160 => Self::Timeout,
+                201 => Self::QuotaExceeded,
                 // TOO_MANY_ROWS_OR_BYTES and the read-side TOO_MANY_ROWS / TOO_MANY_BYTES.
                 396 | 158 | 307 => Self::ResultTooLarge(name.clone()),
                 457 => Self::ParamRejected(name.clone()),

@@ -12,7 +12,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use futures_util::stream;
 
-use super::disconnect::ClientSocket;
+use super::disconnect::{ClientSocket, Watch};
 use super::negotiate::choose_format;
 use super::problem::{ApiError, rate_limit_headers};
 use super::request_id::request_id;
@@ -20,7 +20,7 @@ use crate::access::{AccessPolicy, Caller, TokenError, TokenVerifier};
 use crate::catalog::format::OutputFormat;
 use crate::catalog::{Catalog, Endpoint, Method, RouteMatch};
 use crate::query::limits::Admission;
-use crate::query::{Answer, ExecError, Executor, RequestValues, bind};
+use crate::query::{Answer, ExecError, Executor, LiveRest, RequestValues, bind};
 use crate::text::shorten;
 
 /// How long a request body may take to arrive (it is at most 2 MiB).
@@ -54,6 +54,8 @@ pub struct QueryRequest<'a> {
     pub authorization: Option<String>,
     /// `X-Request-Timeout`: the caller's own time budget in seconds, if shorter than ours.
     pub timeout: Option<String>,
+    /// When the request arrived: its deadline counts from here, body reading included.
+    pub received: Instant,
 }
 
 /// A query that has started answering.
@@ -74,10 +76,9 @@ pub async fn start_query(
     buffer_limit: usize,
     text_only: bool,
 ) -> Result<Started, ApiError> {
-    let started_at = Instant::now();
     let endpoint = request.endpoint;
     let timeout = request_timeout(request.timeout.as_deref(), state.request_timeout)?;
-    let deadline = started_at + timeout;
+    let deadline = request.received + timeout;
     // Who is calling comes first: a caller without a valid token learns nothing else.
     let token = bearer_token(request.authorization.as_deref()).ok_or(TokenError::Missing)?;
     let claims = state.verifier.verify(token).await?;
@@ -141,7 +142,8 @@ fn request_timeout(header: Option<&str>, ours: Duration) -> Result<Duration, Api
         .trim()
         .parse()
         .map_err(|_| ApiError::InvalidTimeout(shorten(text)))?;
-    if !(seconds.is_finite() && seconds > 0.0) {
+    // Under a millisecond is no budget at all: a mistake, not a request.
+    if !(seconds.is_finite() && seconds >= 0.001) {
         return Err(ApiError::InvalidTimeout(shorten(text)));
     }
     Ok(ours.min(Duration::from_secs_f64(seconds.min(ours.as_secs_f64()))))
@@ -236,6 +238,7 @@ fn request_values(request: &QueryRequest<'_>) -> Result<RequestValues, ApiError>
 
 /// The handler for forwarded requests: `/<routePrefix>/<route>`.
 pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppState>) -> HttpResponse {
+    let received = Instant::now();
     let request_id = request_id(&request);
     // A client that stops sending mid-body must not hold its connection and buffer forever.
     let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(payload, super::MAX_BODY_BYTES)).await {
@@ -287,9 +290,11 @@ pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppSt
         accept: header_text(&request, header::ACCEPT.as_str()),
         authorization: header_text(&request, header::AUTHORIZATION.as_str()),
         timeout: header_text(&request, "x-request-timeout"),
+        received,
     };
     let if_none_match = header_text(&request, header::IF_NONE_MATCH.as_str());
     // In a block of its own: the work borrows the request id, which the response then takes.
+    let mut watch = None;
     let outcome = {
         let mut work = std::pin::pin!(start_query(
             &state,
@@ -301,12 +306,15 @@ pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppSt
         // Most answers (cache hits, refusals) are ready at the first poll: only work that has to
         // wait is raced against the client's socket, which costs a descriptor and a registration.
         let first_poll = futures_util::poll!(&mut work);
-        match (first_poll, request.conn_data::<ClientSocket>()) {
+        if first_poll.is_pending() {
+            watch = request.conn_data::<ClientSocket>().and_then(ClientSocket::watch);
+        }
+        match (first_poll, &watch) {
             (Poll::Ready(outcome), _) => outcome,
             (Poll::Pending, None) => work.await,
-            (Poll::Pending, Some(socket)) => tokio::select! {
+            (Poll::Pending, Some(watch)) => tokio::select! {
                 outcome = &mut work => outcome,
-                () = socket.gone() => {
+                () = watch.gone() => {
                     // Dropping the work dropped the ClickHouse response: the query is cancelled.
                     tracing::info!(endpoint.name = endpoint.name(), request.id = %request_id, "client went away; query cancelled");
                     // Never sent: there is nobody to send it to (nginx logs this as 499).
@@ -323,6 +331,7 @@ pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppSt
             request_id,
             endpoint.name().to_owned(),
             if_none_match.as_deref(),
+            || watch.or_else(|| request.conn_data::<ClientSocket>().and_then(ClientSocket::watch)),
         ),
         Err(error) => error.to_response(&request_id),
     }
@@ -379,7 +388,13 @@ fn decode_route_params(params: Vec<(String, String)>) -> Vec<(String, String)> {
 
 /// The HTTP response: a cached entry (or 304 when the caller has it), a result that fit in
 /// the buffer, or a streamed one.
-fn respond(started: Started, request_id: String, endpoint_name: String, if_none_match: Option<&str>) -> HttpResponse {
+fn respond(
+    started: Started,
+    request_id: String,
+    endpoint_name: String,
+    if_none_match: Option<&str>,
+    watch: impl FnOnce() -> Option<Watch>,
+) -> HttpResponse {
     let mut response = HttpResponse::Ok();
     response
         .insert_header((header::CONTENT_TYPE, started.format.content_type()))
@@ -421,15 +436,31 @@ fn respond(started: Started, request_id: String, endpoint_name: String, if_none_
         let body: Vec<u8> = head.concat();
         return response.body(body);
     };
-    let admission = started.admission;
+    // A streamed result holds a query slot and the caller's shares until it ends: a client
+    // that leaves mid-stream ends it at once, not at the next chunk (which may never come).
+    let streaming = Streaming {
+        rest,
+        _admission: started.admission,
+        watch: watch(),
+    };
     let head = stream::iter(head.into_iter().map(Ok::<Bytes, actix_web::Error>));
-    let tail = stream::unfold(Some((rest, admission)), move |state| {
+    let tail = stream::unfold(Some(streaming), move |state| {
         let request_id = request_id.clone();
         let endpoint_name = endpoint_name.clone();
         async move {
-            let (mut rest, admission) = state?;
-            match rest.next().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), Some((rest, admission)))),
+            let mut streaming = state?;
+            let next = match &streaming.watch {
+                Some(watch) => tokio::select! {
+                    next = streaming.rest.next() => next,
+                    () = watch.gone() => {
+                        tracing::info!(endpoint.name = %endpoint_name, request.id = %request_id, "client went away mid-stream; query cancelled");
+                        return Some((Err(actix_web::error::ErrorBadRequest("client went away")), None));
+                    }
+                },
+                None => streaming.rest.next().await,
+            };
+            match next {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(streaming))),
                 Ok(None) => None,
                 Err(error) => {
                     // The status is already sent: ending the body abnormally (no final chunk)
@@ -444,6 +475,14 @@ fn respond(started: Started, request_id: String, endpoint_name: String, if_none_
         }
     });
     response.streaming(futures_util::StreamExt::chain(head, tail))
+}
+
+/// The live part of a streamed response.
+struct Streaming {
+    rest: LiveRest,
+    /// Held for its drop: the caller's and tenant's concurrency shares.
+    _admission: Admission,
+    watch: Option<Watch>,
 }
 
 /// Whether an `If-None-Match` list names `etag` (weak comparison, as RFC 9110 asks for it).
@@ -465,7 +504,7 @@ mod tests {
             Some(Duration::from_millis(2500))
         );
         assert_eq!(request_timeout(Some("600"), ours).ok(), Some(ours));
-        for bad in ["0", "-1", "soon", "NaN", "inf", ""] {
+        for bad in ["0", "-1", "soon", "NaN", "inf", "", "1e-10"] {
             assert!(
                 matches!(request_timeout(Some(bad), ours), Err(ApiError::InvalidTimeout(_))),
                 "{bad}"

@@ -3,8 +3,11 @@
 //! on a dead server. After `cooldown` one probe goes through (half-open); its success closes
 //! the circuit, its failure opens it again.
 //!
-//! Only unavailability counts (refused connections, broken connections, gateway errors,
-//! overload): a query ClickHouse answered with an exception proves the server is up.
+//! Only unavailability counts (refused connections, broken connections, gateway errors): a
+//! query ClickHouse answered, even with an exception, proves the server is up. The probe is a
+//! cheap `SELECT 1` with a short timeout, not a caller's query, so a long query cannot hold
+//! the circuit half-open and a server that accepts connections but never answers keeps it
+//! open.
 //!
 //! Hand-written rather than taken from a crate: the state machine is a few lines, and the
 //! maintained breaker crates wrap futures in ways that hide the "the probe was abandoned"
@@ -96,6 +99,30 @@ impl Breaker {
         })
     }
 
+    /// A pass only while the circuit is closed: for work nobody waits on (a background
+    /// refresh), which must never be the probe that decides whether the circuit closes.
+    pub fn pass_if_closed(&self) -> Option<Pass> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        matches!(*state, State::Closed { .. }).then(|| Pass {
+            state: Arc::clone(&self.state),
+            probe: false,
+            threshold: self.threshold,
+            cooldown: self.cooldown,
+            reported: false,
+        })
+    }
+
+    /// How long until the circuit lets a request through, while it is open and cooling down;
+    /// `None` when a request may try now. Lets a request fail fast before it queues.
+    pub fn open_for(&self) -> Option<Open> {
+        match *self.state.lock().unwrap_or_else(PoisonError::into_inner) {
+            State::Open { until } => until
+                .checked_duration_since(Instant::now())
+                .map(|retry_after| Open { retry_after }),
+            _ => None,
+        }
+    }
+
     /// Whether requests are being refused now (for health reporting).
     pub fn is_open(&self) -> bool {
         !matches!(
@@ -106,6 +133,11 @@ impl Breaker {
 }
 
 impl Pass {
+    /// Whether this pass is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
     /// ClickHouse answered (with a result or an exception): the circuit closes.
     pub fn succeeded(mut self) {
         self.reported = true;
@@ -174,6 +206,19 @@ mod tests {
         assert!(!breaker.is_open());
         breaker.pass().expect("closed");
         breaker.pass().expect("closed");
+    }
+
+    #[test]
+    fn refreshes_pass_only_a_closed_circuit_and_requests_fail_fast_while_it_cools() {
+        let breaker = Breaker::new(1, Duration::from_millis(20));
+        assert!(breaker.open_for().is_none());
+        breaker.pass_if_closed().expect("closed").failed();
+        assert!(breaker.pass_if_closed().is_none());
+        assert!(breaker.open_for().expect("cooling down").retry_after <= Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(breaker.open_for().is_none(), "cooled down: a request may probe");
+        assert!(breaker.pass_if_closed().is_none(), "but a refresh may not");
+        assert!(breaker.pass().expect("probe").is_probe());
     }
 
     #[test]

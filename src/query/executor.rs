@@ -18,6 +18,12 @@ use crate::access::Grant;
 use crate::catalog::CachePolicy;
 use crate::catalog::format::OutputFormat;
 
+/// How long the half-open probe waits for `SELECT 1`.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a background refresh may take beyond the endpoint's own time limit.
+const REFRESH_MARGIN: Duration = Duration::from_secs(5);
+
 /// Where a cached answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -149,7 +155,14 @@ impl Executor {
                 return self.live(grant, params, format, query_id, deadline, head_bytes).await;
             }
             let lead = match self.cache.join(&key) {
-                Join::Lead(lead) => lead,
+                // The entry may have been stored between the lookup and the join.
+                Join::Lead(lead) => match self.cache.lookup(&key) {
+                    Lookup::Fresh(entry) => {
+                        lead.finish(Outcome::Stored(Arc::clone(&entry)));
+                        return Ok(cached(entry, CacheStatus::Hit));
+                    }
+                    _ => lead,
+                },
                 Join::Follow(wait) => match wait.outcome().await {
                     Outcome::Stored(entry) => return Ok(cached(entry, CacheStatus::Miss)),
                     Outcome::TooLarge => {
@@ -218,8 +231,15 @@ impl Executor {
         deadline: Instant,
         limit: usize,
     ) -> Result<(Head, QuerySlot), ExecError> {
+        // An open circuit refuses before the request queues for a slot.
+        if let Some(open) = self.breaker.open_for() {
+            return Err(ExecError::CircuitOpen(open));
+        }
         let slot = self.limiter.query_slot(deadline).await.map_err(ExecError::Refused)?;
-        let pass = self.breaker.pass().map_err(ExecError::CircuitOpen)?;
+        let mut pass = self.breaker.pass().map_err(ExecError::CircuitOpen)?;
+        if pass.is_probe() {
+            pass = self.probe(pass).await?;
+        }
         let budget = deadline.saturating_duration_since(Instant::now());
         let stream = match self.runner.start(grant, params, format, query_id, budget) {
             Ok(stream) => stream,
@@ -232,9 +252,34 @@ impl Executor {
         Ok((head, slot))
     }
 
-    /// Refreshes a stale entry in the background, unless a flight for it is running, the
-    /// instance has no free query slot, or the circuit is open: then the stale entry keeps
-    /// serving until its window ends.
+    /// The half-open probe: `SELECT 1` within [`PROBE_TIMEOUT`]. Its answer closes the circuit
+    /// (and the caller's query goes on with an ordinary pass); no answer opens it again.
+    async fn probe(&self, probe: Pass) -> Result<Pass, ExecError> {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.runner.ping()).await {
+            Ok(Ok(())) => {
+                probe.succeeded();
+                self.breaker.pass().map_err(ExecError::CircuitOpen)
+            }
+            Ok(Err(QueryError::Exception { .. })) => {
+                // An exception is an answer: the server is up.
+                probe.succeeded();
+                self.breaker.pass().map_err(ExecError::CircuitOpen)
+            }
+            Ok(Err(error)) => {
+                probe.failed();
+                Err(error.into())
+            }
+            Err(_) => {
+                probe.failed();
+                Err(QueryError::Unavailable("no answer to the probe".into()).into())
+            }
+        }
+    }
+
+    /// Refreshes a stale entry in the background, unless a flight for it is running, fewer
+    /// than a quarter of the query slots are free, or the circuit is not closed: then the
+    /// stale entry keeps serving until its window ends. A refresh gets the endpoint's time
+    /// limit and a margin, and no more.
     fn refresh(
         &self,
         key: &Arc<CacheKey>,
@@ -246,12 +291,13 @@ impl Executor {
         let Some(lead) = self.cache.try_lead(key) else {
             return;
         };
-        let Some(slot) = self.limiter.try_query_slot() else {
+        let Some(slot) = self.limiter.spare_query_slot() else {
             return;
         };
-        let Ok(pass) = self.breaker.pass() else {
+        let Some(pass) = self.breaker.pass_if_closed() else {
             return;
         };
+        let time_limit = grant.endpoint().limits().max_execution_time + REFRESH_MARGIN;
         let query_id = uuid::Uuid::new_v4().to_string();
         // The endpoint's and role's own time limits bound a refresh; no caller waits for it.
         let stream = match self.runner.start(grant, params, format, &query_id, Duration::MAX) {
@@ -266,7 +312,10 @@ impl Executor {
         let endpoint = grant.endpoint().name().to_owned();
         tokio::spawn(async move {
             let _slot = slot;
-            let outcome = match read_head(stream, cache.max_entry_bytes(), Some(pass)).await {
+            let read = tokio::time::timeout(time_limit, read_head(stream, cache.max_entry_bytes(), Some(pass)));
+            let outcome = match read.await.unwrap_or_else(|_| {
+                Err(QueryError::Unavailable("no answer within the endpoint's time limit".into()).into())
+            }) {
                 Ok(head) if head.rest.is_none() => {
                     Outcome::Stored(cache.store(key, concat(head.chunks, head.bytes), policy.ttl, policy.stale))
                 }

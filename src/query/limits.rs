@@ -123,8 +123,8 @@ impl KeyLimiter {
         }
     }
 
-    fn admit(&self, key: &str, guards: &mut Vec<InProgressGuard>) -> Result<Option<Remaining>, Refusal> {
-        // Concurrency first: a request refused for concurrency must not spend a token.
+    /// Counts the request against the key's concurrency bound.
+    fn enter(&self, key: &str, guards: &mut Vec<InProgressGuard>) -> Result<(), Refusal> {
         if let Some(limit) = self.limits.concurrency {
             let guard = self.in_progress.enter(key, limit).ok_or(Refusal::Concurrency {
                 scope: self.scope,
@@ -132,6 +132,11 @@ impl KeyLimiter {
             })?;
             guards.push(guard);
         }
+        Ok(())
+    }
+
+    /// Takes a token from the key's bucket.
+    fn take_token(&self, key: &str) -> Result<Option<Remaining>, Refusal> {
         let (Some(bucket), Some(rate)) = (&self.bucket, self.limits.rate) else {
             return Ok(None);
         };
@@ -147,6 +152,12 @@ impl KeyLimiter {
                 retry_after: not_until.wait_time_from(DefaultClock::default().now()),
             }),
         }
+    }
+
+    #[cfg(test)]
+    fn admit(&self, key: &str, guards: &mut Vec<InProgressGuard>) -> Result<Option<Remaining>, Refusal> {
+        self.enter(key, guards)?;
+        self.take_token(key)
     }
 
     /// Forgets buckets that are full again, so idle callers cost no memory.
@@ -218,9 +229,16 @@ impl Limiter {
         };
         // Keys are per role: the same subject under two roles has two budgets, as the policy
         // reads.
-        let caller = callers.admit(grant.subject(), &mut guards)?;
+        // Concurrency before rates, so that a request refused for concurrency spends no
+        // token; the caller's bucket before the tenant's, so that one caller over its own rate
+        // does not spend its colleagues' tenant budget.
+        callers.enter(grant.subject(), &mut guards)?;
+        if let Some(tenant) = grant.tenant() {
+            tenants.enter(tenant, &mut guards)?;
+        }
+        let caller = callers.take_token(grant.subject())?;
         let tenant = match grant.tenant() {
-            Some(tenant) => tenants.admit(tenant, &mut guards)?,
+            Some(tenant) => tenants.take_token(tenant)?,
             None => None,
         };
         let remaining = [caller, tenant]
@@ -238,7 +256,14 @@ impl Limiter {
         self.gate.enter(deadline).await
     }
 
-    /// A query slot if one is free now (background refreshes never queue).
+    /// A query slot for a background refresh: only when at least a quarter of the slots are
+    /// free, so refreshes never take the last slots from callers (and never queue).
+    pub fn spare_query_slot(&self) -> Option<QuerySlot> {
+        let reserve = (self.gate.limits.max_inflight_queries.get() as usize).div_ceil(4);
+        (self.gate.free() > reserve).then(|| self.gate.try_enter()).flatten()
+    }
+
+    /// A query slot if one is free now.
     pub fn try_query_slot(&self) -> Option<QuerySlot> {
         self.gate.try_enter()
     }
@@ -272,7 +297,21 @@ pub struct QuerySlot {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A place in the query gate's queue, given up when dropped.
+struct QueuePlace<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl QueryGate {
+    /// Free query slots now.
+    fn free(&self) -> usize {
+        self.slots.available_permits()
+    }
+
     fn new(limits: InstanceLimits) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(limits.max_inflight_queries.get() as usize)),
@@ -307,9 +346,11 @@ impl QueryGate {
         if !joined {
             return Err(busy);
         }
+        // Leaves the queue however the wait ends, also when the waiting request is dropped
+        // (its client hung up, or its deadline passed).
+        let _in_queue = QueuePlace(&self.waiting);
         let wait_until = deadline.min(Instant::now() + self.limits.queue_timeout);
         let acquired = tokio::time::timeout_at(wait_until.into(), Arc::clone(&self.slots).acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
         match acquired {
             Ok(Ok(permit)) => Ok(QuerySlot { _permit: permit }),
             _ => Err(busy),
@@ -450,6 +491,19 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(50));
         drop(slot);
         assert!(limiter.query_slot(far).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_dropped_while_queued_gives_its_place_back() {
+        let limiter = limiter(KeyLimits::default(), KeyLimits::default());
+        let far = Instant::now() + Duration::from_secs(10);
+        let _slot = limiter.query_slot(far).await.expect("the one slot");
+        for _ in 0..3 {
+            // Queued (the queue holds one), then dropped before the wait ends.
+            let waited = tokio::time::timeout(Duration::from_millis(5), limiter.query_slot(far)).await;
+            assert!(waited.is_err(), "still waiting when dropped");
+        }
+        assert_eq!(limiter.gate.waiting.load(std::sync::atomic::Ordering::Acquire), 0);
     }
 
     #[tokio::test]

@@ -138,6 +138,11 @@ impl QueryRunner {
         }
     }
 
+    /// A trivial query: is ClickHouse answering at all?
+    pub async fn ping(&self) -> Result<(), QueryError> {
+        self.client.query("SELECT 1").execute().await.map_err(QueryError::from)
+    }
+
     /// Sends the granted endpoint's query. `query_id` names it in ClickHouse's logs and
     /// processes; `log_comment` and `quota_key` carry who ran it (never a token). `budget` is
     /// what is left of the request's deadline: ClickHouse stops the query when it runs out.

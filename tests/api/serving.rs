@@ -403,3 +403,31 @@ async fn results_over_the_entry_limit_are_streamed_and_not_cached() {
         "each request ran its own query"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_stream_has_its_query_cancelled_before_the_next_row() {
+    // Rows of 1.2 MB, past ClickHouse's (the front's) output buffer and ours: the result
+    // streams after its first row, and the next row comes two seconds later, long after the
+    // client has gone.
+    let app = spawn_app_with(|settings| settings.response_buffer_bytes = 16 * 1024).await;
+    let connection = crate::helpers::connection();
+    let request_id = format!("midstream-{}", uuid::Uuid::new_v4().simple());
+    let response = app
+        .api_client
+        .get(format!(
+            "{}/api/sleepy?rows=5&each=2&pad=600000&format=ndjson",
+            app.address
+        ))
+        .header("X-Request-Id", &request_id)
+        .send()
+        .await
+        .expect("the response started");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-length").is_none(), "a streamed answer");
+    drop(response);
+    // The engine notices a kill between one-second slices of a sleep, so allow 1.5 s: without
+    // the handler's watch the hang-up would be seen only at the next row, two seconds on.
+    let gone_in =
+        crate::clickhouse_front::wait_for_state(&connection, &request_id, None, Duration::from_millis(1500)).await;
+    eprintln!("the query left the process list {gone_in:?} after its client hung up mid-stream");
+}
