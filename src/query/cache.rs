@@ -137,6 +137,10 @@ type Flights = Mutex<HashMap<Arc<CacheKey>, (u64, watch::Receiver<Option<Outcome
 #[derive(Clone)]
 pub struct ResultCache {
     entries: Cache<Arc<CacheKey>, Arc<CachedResult>>,
+    /// Keys whose last result was over the entry limit, for as long as that entry would have
+    /// lived: their callers run their own queries at once instead of waiting on a flight that
+    /// cannot give them an entry.
+    too_large: Cache<Arc<CacheKey>, Instant>,
     flights: Arc<Flights>,
     next_flight: Arc<AtomicU64>,
     max_entry_bytes: usize,
@@ -148,6 +152,18 @@ impl std::fmt::Debug for ResultCache {
             .field("entries", &self.entries.entry_count())
             .field("bytes", &self.entries.weighted_size())
             .finish_non_exhaustive()
+    }
+}
+
+/// How many too-large keys are remembered.
+const TOO_LARGE_KEYS: u64 = 10_000;
+
+/// Expiry at the instant stored as the value.
+struct UntilInstant;
+
+impl moka::Expiry<Arc<CacheKey>, Instant> for UntilInstant {
+    fn expire_after_create(&self, _key: &Arc<CacheKey>, until: &Instant, created_at: Instant) -> Option<Duration> {
+        Some(until.saturating_duration_since(created_at))
     }
 }
 
@@ -198,10 +214,24 @@ impl ResultCache {
                 })
                 .expire_after(EntryExpiry)
                 .build(),
+            too_large: Cache::builder()
+                .max_capacity(TOO_LARGE_KEYS)
+                .expire_after(UntilInstant)
+                .build(),
             flights: Arc::default(),
             next_flight: Arc::default(),
             max_entry_bytes,
         }
+    }
+
+    /// Remembers that `key`'s result is over the entry limit, for `ttl`.
+    pub fn mark_too_large(&self, key: Arc<CacheKey>, ttl: Duration) {
+        self.too_large.insert(key, Instant::now() + ttl);
+    }
+
+    /// Whether `key`'s result was over the entry limit lately.
+    pub fn is_too_large(&self, key: &CacheKey) -> bool {
+        self.too_large.get(key).is_some_and(|until| until > Instant::now())
     }
 
     pub fn max_entry_bytes(&self) -> usize {
@@ -359,6 +389,17 @@ mod tests {
         assert!(matches!(cache.lookup(&k), Lookup::Stale(_)));
         std::thread::sleep(Duration::from_millis(30));
         assert!(matches!(cache.lookup(&k), Lookup::Miss));
+    }
+
+    #[test]
+    fn too_large_keys_are_remembered_for_their_ttl() {
+        let cache = ResultCache::new(1 << 20, 4);
+        assert!(!cache.is_too_large(&key("a")));
+        cache.mark_too_large(key("a"), Duration::from_millis(30));
+        assert!(cache.is_too_large(&key("a")));
+        assert!(!cache.is_too_large(&key("b")));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!cache.is_too_large(&key("a")));
     }
 
     #[test]

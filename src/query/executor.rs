@@ -150,8 +150,9 @@ impl Executor {
                 }
                 Lookup::Miss => {}
             }
-            if failed_flights >= FOLLOW_ATTEMPTS {
-                // Flights keep failing: this caller's own query gives it its own answer.
+            if failed_flights >= FOLLOW_ATTEMPTS || self.cache.is_too_large(&key) {
+                // Flights keep failing, or the result is too big to share: this caller's own
+                // query gives it its own answer.
                 return self.live(grant, params, format, query_id, deadline, head_bytes).await;
             }
             let lead = match self.cache.join(&key) {
@@ -192,6 +193,7 @@ impl Executor {
                     cached(entry, CacheStatus::Miss)
                 }
                 rest => {
+                    self.cache.mark_too_large(Arc::clone(&key), policy.ttl);
                     lead.finish(Outcome::TooLarge);
                     Answer::Live {
                         head: head.chunks,
