@@ -20,7 +20,7 @@ use crate::access::{AccessPolicy, Caller, TokenError, TokenVerifier};
 use crate::catalog::format::OutputFormat;
 use crate::catalog::{Catalog, Endpoint, Method, RouteMatch};
 use crate::query::limits::Admission;
-use crate::query::{Answer, ExecError, Executor, LiveRest, RequestValues, bind};
+use crate::query::{Answer, ExecError, Executor, LiveRest, QueryCall, RequestValues, bind};
 use crate::text::shorten;
 
 /// How long a request body may take to arrive (it is at most 2 MiB).
@@ -111,9 +111,14 @@ pub async fn start_query(
         "running query"
     );
     // Dropping the run at the deadline drops its ClickHouse response, which cancels the query.
-    let run = state
-        .executor
-        .execute(&grant, &params, format, request_id, deadline, buffer_limit);
+    let call = QueryCall {
+        grant: &grant,
+        params: &params,
+        format,
+        query_id: request_id,
+        deadline,
+    };
+    let run = state.executor.execute(call, buffer_limit);
     let answer = match tokio::time::timeout_at(deadline.into(), run).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(error)) => return Err(query_failure(&error, endpoint, request_id)),

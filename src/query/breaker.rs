@@ -123,8 +123,9 @@ impl Breaker {
         }
     }
 
-    /// Whether requests are being refused now (for health reporting).
-    pub fn is_open(&self) -> bool {
+    /// Whether the circuit is not closed.
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         !matches!(
             *self.state.lock().unwrap_or_else(PoisonError::into_inner),
             State::Closed { .. }

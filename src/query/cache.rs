@@ -306,8 +306,9 @@ impl ResultCache {
         entry
     }
 
-    /// Flights in progress (for tests and health).
-    pub fn flights_in_progress(&self) -> usize {
+    /// Flights in progress.
+    #[cfg(test)]
+    fn flights_in_progress(&self) -> usize {
         self.flights.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }

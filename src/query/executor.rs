@@ -93,6 +93,17 @@ pub struct Executor {
     version: Arc<str>,
 }
 
+/// One request's query: what to run, for whom, and by when.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryCall<'a> {
+    pub grant: &'a Grant<'a>,
+    pub params: &'a BoundParams,
+    pub format: OutputFormat,
+    /// ClickHouse's query id (the request id).
+    pub query_id: &'a str,
+    pub deadline: Instant,
+}
+
 /// A started query's first part.
 struct Head {
     chunks: Vec<Bytes>,
@@ -116,36 +127,20 @@ impl Executor {
         self.limiter.admit(grant)
     }
 
-    pub fn cache(&self) -> &ResultCache {
-        &self.cache
-    }
-
-    pub fn breaker(&self) -> &Breaker {
-        &self.breaker
-    }
-
     /// Answers from the cache when the endpoint caches, else runs the query and reads up to
     /// `head_bytes` of its result. The caller bounds the whole call by `deadline` too.
-    pub async fn execute(
-        &self,
-        grant: &Grant<'_>,
-        params: &BoundParams,
-        format: OutputFormat,
-        query_id: &str,
-        deadline: Instant,
-        head_bytes: usize,
-    ) -> Result<Answer, ExecError> {
-        let Some(policy) = grant.endpoint().cache() else {
-            return self.live(grant, params, format, query_id, deadline, head_bytes).await;
+    pub async fn execute(&self, call: QueryCall<'_>, head_bytes: usize) -> Result<Answer, ExecError> {
+        let Some(policy) = call.grant.endpoint().cache() else {
+            return self.live(call, head_bytes).await;
         };
-        let key = Arc::new(CacheKey::new(&self.version, grant, params, format));
+        let key = Arc::new(CacheKey::new(&self.version, call.grant, call.params, call.format));
         let cached = |entry, status| Answer::Cached { entry, status, policy };
         let mut failed_flights = 0;
         loop {
             match self.cache.lookup(&key) {
                 Lookup::Fresh(entry) => return Ok(cached(entry, CacheStatus::Hit)),
                 Lookup::Stale(entry) => {
-                    self.refresh(&key, grant, params, format, policy);
+                    self.refresh(&key, call, policy);
                     return Ok(cached(entry, CacheStatus::Stale));
                 }
                 Lookup::Miss => {}
@@ -153,7 +148,7 @@ impl Executor {
             if failed_flights >= FOLLOW_ATTEMPTS || self.cache.is_too_large(&key) {
                 // Flights keep failing, or the result is too big to share: this caller's own
                 // query gives it its own answer.
-                return self.live(grant, params, format, query_id, deadline, head_bytes).await;
+                return self.live(call, head_bytes).await;
             }
             let lead = match self.cache.join(&key) {
                 // The entry may have been stored between the lookup and the join.
@@ -167,7 +162,7 @@ impl Executor {
                 Join::Follow(wait) => match wait.outcome().await {
                     Outcome::Stored(entry) => return Ok(cached(entry, CacheStatus::Miss)),
                     Outcome::TooLarge => {
-                        return self.live(grant, params, format, query_id, deadline, head_bytes).await;
+                        return self.live(call, head_bytes).await;
                     }
                     Outcome::Failed => {
                         failed_flights += 1;
@@ -177,7 +172,7 @@ impl Executor {
             };
             // Leading: read up to the entry limit; a result that ends within it is stored.
             let limit = self.cache.max_entry_bytes().max(head_bytes);
-            let (head, slot) = match self.start(grant, params, format, query_id, deadline, limit).await {
+            let (head, slot) = match self.start(call, limit).await {
                 Ok(started) => started,
                 Err(error) => {
                     lead.finish(Outcome::Failed);
@@ -205,18 +200,8 @@ impl Executor {
     }
 
     /// Runs the query for this request alone.
-    async fn live(
-        &self,
-        grant: &Grant<'_>,
-        params: &BoundParams,
-        format: OutputFormat,
-        query_id: &str,
-        deadline: Instant,
-        head_bytes: usize,
-    ) -> Result<Answer, ExecError> {
-        let (head, slot) = self
-            .start(grant, params, format, query_id, deadline, head_bytes)
-            .await?;
+    async fn live(&self, call: QueryCall<'_>, head_bytes: usize) -> Result<Answer, ExecError> {
+        let (head, slot) = self.start(call, head_bytes).await?;
         Ok(Answer::Live {
             head: head.chunks,
             rest: head.rest.map(|stream| LiveRest { stream, _slot: slot }),
@@ -224,26 +209,25 @@ impl Executor {
     }
 
     /// Takes a query slot and a breaker pass, sends the query and reads up to `limit` bytes.
-    async fn start(
-        &self,
-        grant: &Grant<'_>,
-        params: &BoundParams,
-        format: OutputFormat,
-        query_id: &str,
-        deadline: Instant,
-        limit: usize,
-    ) -> Result<(Head, QuerySlot), ExecError> {
+    async fn start(&self, call: QueryCall<'_>, limit: usize) -> Result<(Head, QuerySlot), ExecError> {
         // An open circuit refuses before the request queues for a slot.
         if let Some(open) = self.breaker.open_for() {
             return Err(ExecError::CircuitOpen(open));
         }
-        let slot = self.limiter.query_slot(deadline).await.map_err(ExecError::Refused)?;
+        let slot = self
+            .limiter
+            .query_slot(call.deadline)
+            .await
+            .map_err(ExecError::Refused)?;
         let mut pass = self.breaker.pass().map_err(ExecError::CircuitOpen)?;
         if pass.is_probe() {
             pass = self.probe(pass).await?;
         }
-        let budget = deadline.saturating_duration_since(Instant::now());
-        let stream = match self.runner.start(grant, params, format, query_id, budget) {
+        let budget = call.deadline.saturating_duration_since(Instant::now());
+        let stream = match self
+            .runner
+            .start(call.grant, call.params, call.format, call.query_id, budget)
+        {
             Ok(stream) => stream,
             Err(error) => {
                 report(pass, &error);
@@ -282,14 +266,8 @@ impl Executor {
     /// than a quarter of the query slots are free, or the circuit is not closed: then the
     /// stale entry keeps serving until its window ends. A refresh gets the endpoint's time
     /// limit and a margin, and no more.
-    fn refresh(
-        &self,
-        key: &Arc<CacheKey>,
-        grant: &Grant<'_>,
-        params: &BoundParams,
-        format: OutputFormat,
-        policy: CachePolicy,
-    ) {
+    fn refresh(&self, key: &Arc<CacheKey>, call: QueryCall<'_>, policy: CachePolicy) {
+        let grant = call.grant;
         let Some(lead) = self.cache.try_lead(key) else {
             return;
         };
@@ -302,7 +280,11 @@ impl Executor {
         let time_limit = grant.endpoint().limits().max_execution_time + REFRESH_MARGIN;
         let query_id = uuid::Uuid::new_v4().to_string();
         // The endpoint's and role's own time limits bound a refresh; no caller waits for it.
-        let stream = match self.runner.start(grant, params, format, &query_id, Duration::MAX) {
+        // Its own query id: the caller's request has long been answered.
+        let stream = match self
+            .runner
+            .start(grant, call.params, call.format, &query_id, Duration::MAX)
+        {
             Ok(stream) => stream,
             Err(error) => {
                 report(pass, &error);
