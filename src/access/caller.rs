@@ -13,6 +13,8 @@ use crate::catalog::Endpoint;
 #[derive(Debug, Clone)]
 pub struct Caller<'p> {
     subject: String,
+    /// The issuer and the subject together: `sub` is unique only within its issuer.
+    caller_key: String,
     roles: Vec<&'p Role>,
     tenant: Option<String>,
 }
@@ -38,7 +40,9 @@ impl<'p> Caller<'p> {
             // and nothing is assumed in their place.
             tracing::warn!(caller.subject_hash = %subject_hash(subject_of(claims)), "token has a groups overage; group-based grants do not apply");
         }
+        let issuer = claims.get("iss").and_then(Value::as_str).unwrap_or("");
         Self {
+            caller_key: format!("{issuer}\u{1f}{}", subject_of(claims)),
             subject: subject_of(claims).to_owned(),
             roles: policy.roles_for(claims),
             tenant: policy.tenant_for(claims),
@@ -75,6 +79,7 @@ impl<'p> Caller<'p> {
             role,
             tenant: self.tenant.clone(),
             subject: self.subject.clone(),
+            caller_key: self.caller_key.clone(),
         })
     }
 }
@@ -96,6 +101,7 @@ pub struct Grant<'e> {
     role: &'e Role,
     tenant: Option<String>,
     subject: String,
+    caller_key: String,
 }
 
 impl<'e> Grant<'e> {
@@ -111,6 +117,10 @@ impl<'e> Grant<'e> {
     pub fn subject(&self) -> &str {
         &self.subject
     }
+    /// Who the caller is across issuers (issuer and subject), for per-caller limits.
+    pub fn caller_key(&self) -> &str {
+        &self.caller_key
+    }
 
     /// The values of the reserved caller parameters the endpoint's SQL uses.
     pub fn caller_params(&self) -> impl Iterator<Item = (&'static str, &str)> {
@@ -122,5 +132,28 @@ impl<'e> Grant<'e> {
             };
             (*name, value)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::policy::Place;
+    use serde_json::json;
+
+    #[test]
+    fn one_subject_at_two_issuers_is_two_callers() {
+        let toml = toml::from_str("version = 1\n[tenant]\nclaim = \"tid\"\n").expect("toml");
+        let place = Place {
+            in_azure: false,
+            allow_dev_issuers: true,
+        };
+        let policy = AccessPolicy::from_toml(toml, &|_| None, place).expect("policy");
+        let caller = |iss: &str| {
+            let claims = json!({"iss": iss, "sub": "same", "tid": "acme"});
+            Caller::from_claims(claims.as_object().expect("object"), &policy).caller_key
+        };
+        assert_ne!(caller("https://a.example"), caller("https://b.example"));
+        assert_eq!(caller("https://a.example"), caller("https://a.example"));
     }
 }

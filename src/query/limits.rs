@@ -227,16 +227,16 @@ impl Limiter {
                 remaining: None,
             });
         };
-        // Keys are per role: the same subject under two roles has two budgets, as the policy
-        // reads.
+        // Keys are per role: the same caller under two roles has two budgets, as the policy
+        // reads. A caller is its issuer and subject: `sub` is unique only within an issuer.
         // Concurrency before rates, so that a request refused for concurrency spends no
         // token; the caller's bucket before the tenant's, so that one caller over its own rate
         // does not spend its colleagues' tenant budget.
-        callers.enter(grant.subject(), &mut guards)?;
+        callers.enter(grant.caller_key(), &mut guards)?;
         if let Some(tenant) = grant.tenant() {
             tenants.enter(tenant, &mut guards)?;
         }
-        let caller = callers.take_token(grant.subject())?;
+        let caller = callers.take_token(grant.caller_key())?;
         let tenant = match grant.tenant() {
             Some(tenant) => tenants.take_token(tenant)?,
             None => None,
