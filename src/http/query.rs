@@ -405,10 +405,8 @@ fn respond(
         .insert_header((header::CONTENT_TYPE, started.format.content_type()))
         .insert_header(("X-Request-Id", request_id.clone()));
     if let Some(remaining) = started.admission.remaining {
-        // Time until the bucket is full again.
-        let refill = remaining.rate.interval
-            * (remaining.rate.burst.get() - remaining.remaining.min(remaining.rate.burst.get()));
-        for header in rate_limit_headers(remaining.scope, remaining.rate, remaining.remaining, refill) {
+        let reset = remaining.until_full();
+        for header in rate_limit_headers(remaining.scope, remaining.rate, remaining.remaining, reset) {
             response.insert_header(header);
         }
     }

@@ -58,6 +58,14 @@ pub struct Remaining {
     pub remaining: u32,
 }
 
+impl Remaining {
+    /// How long until the bucket is full again.
+    pub fn until_full(&self) -> Duration {
+        let burst = self.rate.burst.get();
+        self.rate.interval * (burst - self.remaining.min(burst))
+    }
+}
+
 type Bucket = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 /// Counts of requests in progress per key.
@@ -264,7 +272,8 @@ impl Limiter {
     }
 
     /// A query slot if one is free now.
-    pub fn try_query_slot(&self) -> Option<QuerySlot> {
+    #[cfg(test)]
+    fn try_query_slot(&self) -> Option<QuerySlot> {
         self.gate.try_enter()
     }
 
