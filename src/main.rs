@@ -85,6 +85,12 @@ fn check(args: &CatalogArgs, report: bool) -> anyhow::Result<ExitCode> {
                     endpoint.route()
                 );
             }
+            for builtin in catalog.builtins() {
+                println!(
+                    "ok  {:<24} GET /{}/{} (built in: {:?})",
+                    builtin.name, prefix, builtin.route, builtin.kind
+                );
+            }
             println!("{} endpoint(s), no problems", catalog.endpoints().len());
             Ok(ExitCode::SUCCESS)
         }
@@ -95,12 +101,16 @@ fn check(args: &CatalogArgs, report: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
-#[actix_web::main]
-async fn serve() -> anyhow::Result<ExitCode> {
-    telemetry::init_subscriber();
-    let settings = Settings::from_env().context("reading settings from the environment")?;
-    let application = Application::build(settings).await.context("building the application")?;
-    tracing::info!(port = application.port(), "handler ready");
-    application.run_until_stopped().await.context("serving HTTP")?;
-    Ok(ExitCode::SUCCESS)
+fn serve() -> anyhow::Result<ExitCode> {
+    let telemetry = telemetry::init(&telemetry::TelemetrySettings::from_env())?;
+    let served = actix_web::rt::System::new().block_on(async {
+        let settings = Settings::from_env().context("reading settings from the environment")?;
+        let application = Application::build(settings).await.context("building the application")?;
+        tracing::info!(port = application.port(), "handler ready");
+        application.run_until_stopped().await.context("serving HTTP")
+    });
+    // After the server has stopped (SIGTERM from the host drains it first): what is still
+    // buffered goes out before the process ends.
+    telemetry.shutdown();
+    served.map(|()| ExitCode::SUCCESS)
 }

@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::secrets::key_vault::{CredentialChoice, VaultSettings};
+use crate::secrets::{Secret, VaultNames};
+
 /// Everything the handler needs to know at start-up.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `FUNCTIONS_CUSTOMHANDLER_PORT`: the port the Functions host probes and forwards to
     /// (7071 when unset; 0 picks a free port, as the tests do).
     pub port: u16,
-    /// `CLICKHOUSE_URL`, `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`, `CLICKHOUSE_DATABASE`.
+    /// `CLICKHOUSE_URL`, `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`, `CLICKHOUSE_DATABASE`
+    /// (the user and password can come from Key Vault instead: see [`SecretsSettings`]).
     pub clickhouse: ClickHouseSettings,
     /// `CHGATE_FUNCTIONS_DIR`: the folder of function folders. Default: `functions/` when it
     /// exists (a source checkout), else the working directory (a packaged app root, where
@@ -34,7 +38,38 @@ pub struct Settings {
     pub token: crate::access::VerifyOptions,
     /// Deadlines, the result cache and the circuit breaker.
     pub serving: ServingSettings,
+    /// Where ClickHouse credentials come from: app settings, or Key Vault.
+    pub secrets: SecretsSettings,
 }
+
+/// Where ClickHouse credentials come from and how often they are re-read.
+#[derive(Debug, Clone)]
+pub struct SecretsSettings {
+    /// `CHGATE_KEYVAULT_URL` (with `CHGATE_KEYVAULT_CREDENTIAL`, `AZURE_CLIENT_ID`,
+    /// `CHGATE_KEYVAULT_CA_FILE`): read passwords from this vault. Unset: app settings only.
+    pub vault: Option<VaultSettings>,
+    /// The vault secrets of the service login.
+    pub names: VaultNames,
+    /// `CHGATE_SECRETS_REFRESH_SECONDS` (default 300, at least 10): how often the vault is
+    /// re-read besides the reads a rejected login triggers.
+    pub refresh_every: Duration,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            vault: None,
+            names: VaultNames {
+                user_secret: None,
+                password_secret: DEFAULT_PASSWORD_SECRET.to_owned(),
+            },
+            refresh_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The vault secret holding the service login's password unless named otherwise.
+pub const DEFAULT_PASSWORD_SECRET: &str = "clickhouse-password";
 
 /// How requests are served under load.
 #[derive(Debug, Clone, Copy)]
@@ -72,24 +107,13 @@ impl Default for ServingSettings {
 }
 
 /// Where ClickHouse is and who to connect as.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ClickHouseSettings {
     pub url: String,
     pub user: String,
-    pub password: String,
+    /// Printed as `[redacted]`, like every [`Secret`].
+    pub password: Secret,
     pub database: String,
-}
-
-impl std::fmt::Debug for ClickHouseSettings {
-    // The password never reaches a log line, even through a Debug print of the settings.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClickHouseSettings")
-            .field("url", &self.url)
-            .field("user", &self.user)
-            .field("password", &"[redacted]")
-            .field("database", &self.database)
-            .finish()
-    }
 }
 
 #[derive(Debug, Error)]
@@ -98,6 +122,65 @@ pub enum SettingsError {
     InvalidPort { name: &'static str, value: String },
     #[error("{name} must be a whole number, got {value:?}")]
     InvalidNumber { name: &'static str, value: String },
+    #[error("{name} must be one of {allowed}, got {value:?}")]
+    InvalidChoice {
+        name: &'static str,
+        allowed: &'static str,
+        value: String,
+    },
+}
+
+/// The least time between scheduled vault reads.
+pub const MIN_SECRETS_REFRESH: Duration = Duration::from_secs(10);
+
+fn secrets_from_env(refresh_every: Duration) -> Result<SecretsSettings, SettingsError> {
+    let set = |name: &str| env::var(name).ok().filter(|value| !value.trim().is_empty());
+    if refresh_every < MIN_SECRETS_REFRESH {
+        return Err(SettingsError::InvalidNumber {
+            name: "CHGATE_SECRETS_REFRESH_SECONDS",
+            value: format!(
+                "{} (at least {})",
+                refresh_every.as_secs(),
+                MIN_SECRETS_REFRESH.as_secs()
+            ),
+        });
+    }
+    let vault = match set("CHGATE_KEYVAULT_URL") {
+        None => None,
+        Some(url) => {
+            let client_id = set("AZURE_CLIENT_ID");
+            // In Azure the app's managed identity; on a workstation the developer's login.
+            let in_azure = set("WEBSITE_SITE_NAME").is_some() || set("IDENTITY_ENDPOINT").is_some();
+            let credential = match set("CHGATE_KEYVAULT_CREDENTIAL").as_deref() {
+                Some("managed-identity") => CredentialChoice::ManagedIdentity { client_id },
+                Some("workload-identity") => CredentialChoice::WorkloadIdentity,
+                Some("developer-tools") => CredentialChoice::DeveloperTools,
+                None if in_azure => CredentialChoice::ManagedIdentity { client_id },
+                None => CredentialChoice::DeveloperTools,
+                Some(other) => {
+                    return Err(SettingsError::InvalidChoice {
+                        name: "CHGATE_KEYVAULT_CREDENTIAL",
+                        allowed: "managed-identity, workload-identity, developer-tools",
+                        value: other.to_owned(),
+                    });
+                }
+            };
+            Some(VaultSettings {
+                url: url.trim().to_owned(),
+                credential,
+                ca_file: set("CHGATE_KEYVAULT_CA_FILE").map(PathBuf::from),
+            })
+        }
+    };
+    Ok(SecretsSettings {
+        vault,
+        names: VaultNames {
+            user_secret: set("CHGATE_CLICKHOUSE_USER_SECRET"),
+            password_secret: set("CHGATE_CLICKHOUSE_PASSWORD_SECRET")
+                .unwrap_or_else(|| DEFAULT_PASSWORD_SECRET.to_owned()),
+        },
+        refresh_every,
+    })
 }
 
 /// The port used when the host sets none, as `func start` serves on 7071.
@@ -207,9 +290,10 @@ impl Settings {
             clickhouse: ClickHouseSettings {
                 url: var("CLICKHOUSE_URL", "http://127.0.0.1:8123"),
                 user: var("CLICKHOUSE_USER", "default"),
-                password: var("CLICKHOUSE_PASSWORD", ""),
+                password: Secret::new(var("CLICKHOUSE_PASSWORD", "")),
                 database: var("CLICKHOUSE_DATABASE", "default"),
             },
+            secrets: secrets_from_env(seconds("CHGATE_SECRETS_REFRESH_SECONDS", 300)?)?,
         })
     }
 }

@@ -16,6 +16,8 @@ use crate::query::breaker::Breaker;
 use crate::query::cache::ResultCache;
 use crate::query::executor::Executor;
 use crate::query::limits::Limiter;
+use crate::secrets::key_vault::VaultReader;
+use crate::secrets::{LoginPlan, SecretStore};
 use crate::settings::Settings;
 
 /// A server bound to its port and ready to run.
@@ -54,9 +56,10 @@ impl Application {
             .with_context(|| format!("loading the endpoint catalog from {}", settings.functions_dir.display()))?;
         tracing::info!(endpoints = catalog.endpoints().len(), route_prefix = %route_prefix, "catalog loaded");
         let verifier = TokenVerifier::new(policy.issuers(), settings.token.clone());
+        let secrets = secret_store(&settings, &policy).await?;
         let serving = settings.serving;
         let executor = Executor::new(
-            QueryRunner::new(&settings.clickhouse, &policy),
+            QueryRunner::new(&settings.clickhouse, &policy, Arc::clone(&secrets)),
             Limiter::new(&policy),
             Breaker::new(serving.breaker_failures, serving.breaker_cooldown),
             ResultCache::new(serving.cache_max_bytes, serving.cache_max_entry_bytes),
@@ -69,6 +72,7 @@ impl Application {
             request_timeout: serving.request_timeout,
             verifier,
             policy,
+            secrets,
         });
         // Keys are fetched in the background: readiness must not wait on the issuer, and an
         // unreachable issuer means 503s until it answers, not a handler that will not start.
@@ -77,10 +81,15 @@ impl Application {
         let listener = TcpListener::bind(("127.0.0.1", settings.port))
             .with_context(|| format!("binding 127.0.0.1:{}", settings.port))?;
         let port = listener.local_addr()?.port();
-        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-            .on_connect(http::disconnect::remember_socket)
-            .listen(listener)?
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(http::request_span::request_span))
+                .configure(http::routes)
+        })
+        .on_connect(http::disconnect::remember_socket)
+        .listen(listener)?
+        .run();
         Ok(Self { port, server })
     }
 
@@ -91,6 +100,24 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// The ClickHouse logins: from app settings, or read from Key Vault now and kept fresh. A
+/// configuration mistake stops the start; an unreachable vault does not (queries answer 503
+/// until it answers, and the health report says why).
+async fn secret_store(settings: &Settings, policy: &AccessPolicy) -> anyhow::Result<Arc<SecretStore>> {
+    let secrets = &settings.secrets;
+    let names = secrets.vault.as_ref().map(|_| &secrets.names);
+    let plan = LoginPlan::new(&settings.clickhouse, names, policy, &|name| std::env::var(name).ok())
+        .context("resolving the ClickHouse logins")?;
+    Ok(match &secrets.vault {
+        None => SecretStore::fixed(plan),
+        Some(vault) => {
+            let reader = VaultReader::new(vault)?;
+            tracing::info!(vault = %vault.url, "ClickHouse credentials come from Key Vault");
+            SecretStore::with_vault(plan, reader, secrets.refresh_every).await
+        }
+    })
 }
 
 /// A digest of the catalog's files and the access policy: part of every cache key, so that a

@@ -11,4 +11,4 @@ pub mod verified;
 
 pub use caller::{AccessError, Caller, Grant};
 pub use policy::{AccessPolicy, Place};
-pub use token::{TokenError, TokenVerifier, VerifyOptions};
+pub use token::{KeysStatus, TokenError, TokenVerifier, VerifyOptions};

@@ -114,8 +114,20 @@ pub struct RoleSettingsToml {
     pub priority: Option<u64>,
     /// A ClickHouse user for this role, so ClickHouse's own grants apply too.
     pub user: Option<String>,
-    /// The app setting holding that user's password.
+    /// The app setting holding that user's password (used when no vault is configured, or
+    /// when the role names no vault secret).
     pub password_setting: Option<String>,
+    /// The Key Vault secret holding that user's password (used when a vault is configured).
+    pub password_secret: Option<String>,
+}
+
+/// A role's own ClickHouse user, and where its password comes from (resolved by the secret
+/// store, not here: the policy never holds a password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleLogin {
+    pub user: String,
+    pub password_setting: Option<String>,
+    pub password_secret: Option<String>,
 }
 
 /// A rule: callers whose `claim` holds any of `any_of` get `role`.
@@ -148,7 +160,7 @@ pub struct Role {
     pub max_result_rows: Option<u64>,
     pub max_result_bytes: Option<u64>,
     pub priority: Option<u64>,
-    pub clickhouse_user: Option<(String, String)>,
+    pub clickhouse_user: Option<RoleLogin>,
     pub limits: RoleLimits,
 }
 
@@ -241,24 +253,20 @@ impl AccessPolicy {
         let mut roles = BTreeMap::new();
         for (name, role) in toml.roles {
             let settings = role.clickhouse;
-            let clickhouse_user = match (settings.user, settings.password_setting) {
-                (Some(user), Some(setting)) => match env(&setting) {
-                    Some(password) => Some((user, password)),
-                    None => {
+            let clickhouse_user = match settings.user {
+                Some(user) => Some(RoleLogin {
+                    user,
+                    password_setting: settings.password_setting,
+                    password_secret: settings.password_secret,
+                }),
+                None => {
+                    if settings.password_setting.is_some() || settings.password_secret.is_some() {
                         problems.push(format!(
-                            "role {name}: app setting {setting} (the ClickHouse password of user {user}) is not set"
+                            "role {name}: clickhouse.password_setting and password_secret need clickhouse.user"
                         ));
-                        None
                     }
-                },
-                (Some(user), None) => Some((user, String::new())),
-                (None, Some(_)) => {
-                    problems.push(format!(
-                        "role {name}: clickhouse.password_setting needs clickhouse.user"
-                    ));
                     None
                 }
-                (None, None) => None,
             };
             if settings.max_execution_time == Some(0) {
                 problems.push(format!("role {name}: clickhouse.max_execution_time must be at least 1"));

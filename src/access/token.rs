@@ -76,6 +76,14 @@ pub enum TokenError {
     KeysUnavailable,
 }
 
+/// What the verifier knows of its issuers' keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeysStatus {
+    pub issuers: usize,
+    pub with_keys: usize,
+    pub last_fetch_failed: bool,
+}
+
 /// The keys of one issuer and when they were fetched.
 #[derive(Debug, Default)]
 struct KeyState {
@@ -128,6 +136,22 @@ impl TokenVerifier {
             verified: VerifiedTokens::new(options.skew),
             options,
         }
+    }
+
+    /// For the health endpoint: how many issuers have keys, and whether any issuer's last
+    /// key fetch failed (its last good keys, if any, still verify).
+    pub async fn keys_status(&self) -> KeysStatus {
+        let mut status = KeysStatus {
+            issuers: self.issuers.len(),
+            with_keys: 0,
+            last_fetch_failed: false,
+        };
+        for issuer in &self.issuers {
+            let state = issuer.state.read().await;
+            status.with_keys += usize::from(state.keys.is_some());
+            status.last_fetch_failed |= state.last_failed;
+        }
+        status
     }
 
     /// Fetches every issuer's keys now (at start-up; failures are logged and retried later).

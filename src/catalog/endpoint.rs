@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::AccessRules;
-use super::files::{BindingJson, EndpointToml, FunctionJson};
+use super::files::{BindingJson, BuiltinToml, EndpointToml, FunctionJson, KindToml};
 use super::format::OutputFormat;
 use super::param::ParamSpec;
 use super::route::Route;
@@ -170,10 +170,28 @@ impl Endpoint {
     }
 }
 
+/// A function the handler answers itself, declared by `kind` in endpoint.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinKind {
+    /// `kind = "health"`: the unauthenticated health report.
+    Health,
+}
+
+/// A built-in function: its route and methods come from function.json like any other.
+#[derive(Debug)]
+pub struct Builtin {
+    pub name: String,
+    pub kind: BuiltinKind,
+    pub route: Route,
+    pub methods: Vec<Method>,
+    pub description: String,
+}
+
 /// What a function folder turned out to be.
 #[derive(Debug)]
 pub enum Loaded {
     Query(Box<Endpoint>),
+    Builtin(Builtin),
     /// A function the host serves without this catalog (not an HTTP query endpoint).
     Other,
 }
@@ -247,6 +265,14 @@ pub fn load(root: &Path, name: &str, route_prefix: &str, rules: &AccessRules) ->
     };
     if function_json.disabled && problems.found.is_empty() {
         return Ok(Loaded::Other);
+    }
+    if has_toml && !has_sql {
+        let text = read(&dir.join("endpoint.toml")).unwrap_or_default();
+        if let Ok(KindToml { kind: Some(kind) }) = toml::from_str::<KindToml>(&text)
+            && kind != "query"
+        {
+            return load_builtin(name, &text, trigger, problems);
+        }
     }
     for (exists, file) in [(has_sql, "query.sql"), (has_toml, "endpoint.toml")] {
         if !exists {
@@ -346,6 +372,59 @@ fn is_function_name(name: &str) -> bool {
 }
 
 /// Checks the bindings as the host would, returning the HTTP trigger of a query endpoint.
+/// A folder whose endpoint.toml names a built-in kind instead of a query.
+fn load_builtin(
+    name: &str,
+    text: &str,
+    trigger: &BindingJson,
+    mut problems: Problems<'_>,
+) -> Result<Loaded, Vec<Problem>> {
+    let builtin = match toml::from_str::<BuiltinToml>(text) {
+        Ok(builtin) => builtin,
+        Err(error) => {
+            let line = error.span().map(|span| line_of(text, span.start));
+            problems.add("endpoint.toml", line, error.message().trim().to_owned());
+            return Err(problems.found);
+        }
+    };
+    let kind = match builtin.kind.as_str() {
+        "health" => BuiltinKind::Health,
+        other => {
+            problems.add(
+                "endpoint.toml",
+                Some(1),
+                format!("kind {other:?} is not known; use \"query\" (with query.sql) or \"health\""),
+            );
+            return Err(problems.found);
+        }
+    };
+    let route = match Route::parse(trigger.route.as_deref().unwrap_or(name)) {
+        Ok(route) => Some(route),
+        Err(message) => {
+            problems.add("function.json", None, format!("route: {message}"));
+            None
+        }
+    };
+    let methods = methods(trigger, &mut problems);
+    if methods.iter().any(|method| *method != Method::Get) {
+        problems.add(
+            "function.json",
+            None,
+            "the health function answers GET only; set \"methods\": [\"get\"]",
+        );
+    }
+    match route {
+        Some(route) if problems.found.is_empty() => Ok(Loaded::Builtin(Builtin {
+            name: name.to_owned(),
+            kind,
+            route,
+            methods,
+            description: builtin.description.trim().to_owned(),
+        })),
+        _ => Err(problems.found),
+    }
+}
+
 fn check_bindings<'a>(
     bindings: &'a [BindingJson],
     is_query: bool,

@@ -40,6 +40,8 @@ pub struct BindingJson {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointToml {
+    /// `"query"` (the default): an endpoint running query.sql. Other kinds are built in.
+    pub kind: Option<String>,
     /// One or two sentences for the API's documentation.
     pub description: String,
     /// Roles that may call the endpoint (enforced by access control).
@@ -76,4 +78,19 @@ pub struct LimitsToml {
     pub max_bytes: Option<u64>,
     /// Seconds the query may run (`max_execution_time`).
     pub max_execution_time: Option<u64>,
+}
+
+/// A first look at endpoint.toml: which kind of function the folder holds.
+#[derive(Debug, Deserialize)]
+pub struct KindToml {
+    pub kind: Option<String>,
+}
+
+/// endpoint.toml of a built-in function (`kind = "health"`): nothing to configure but its
+/// documentation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinToml {
+    pub kind: String,
+    pub description: String,
 }

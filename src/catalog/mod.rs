@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 
-pub use endpoint::{CachePolicy, Endpoint, Method, Problem};
+pub use endpoint::{Builtin, BuiltinKind, CachePolicy, Endpoint, Method, Problem};
 
 use endpoint::Loaded;
 
@@ -38,6 +38,8 @@ pub struct AccessRules {
 #[derive(Debug)]
 pub struct Catalog {
     endpoints: Vec<Endpoint>,
+    /// Functions the handler answers itself (the health report).
+    builtins: Vec<Builtin>,
     route_prefix: String,
 }
 
@@ -75,6 +77,7 @@ impl Catalog {
     pub fn load(dir: &Path, route_prefix: &str, rules: &AccessRules) -> Result<Self, CatalogError> {
         let mut problems = Vec::new();
         let mut endpoints = Vec::new();
+        let mut builtins = Vec::new();
         let mut names = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(Result::ok)
@@ -107,14 +110,34 @@ impl Catalog {
             }
             match endpoint::load(dir, &name, route_prefix, rules) {
                 Ok(Loaded::Query(endpoint)) => endpoints.push(*endpoint),
+                Ok(Loaded::Builtin(builtin)) => builtins.push(builtin),
                 Ok(Loaded::Other) => {}
                 Err(found) => problems.extend(found),
             }
         }
         problems.extend(clashes(&endpoints));
+        for builtin in &builtins {
+            for endpoint in &endpoints {
+                if endpoint.methods().iter().any(|m| builtin.methods.contains(m))
+                    && endpoint.route().overlaps(&builtin.route)
+                {
+                    problems.push(Problem {
+                        file: Path::new(endpoint.name()).join("function.json"),
+                        line: None,
+                        message: format!(
+                            "route \"{}\" clashes with the {} function's \"{}\": give one of them another route",
+                            endpoint.route(),
+                            builtin.name,
+                            builtin.route
+                        ),
+                    });
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(Self {
                 endpoints,
+                builtins,
                 route_prefix: route_prefix.trim_matches('/').to_owned(),
             })
         } else {
@@ -124,6 +147,17 @@ impl Catalog {
 
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
+    }
+
+    pub fn builtins(&self) -> &[Builtin] {
+        &self.builtins
+    }
+
+    /// The built-in function at a path below the route prefix, for this method.
+    pub fn match_builtin(&self, path: &str, method: Method) -> Option<&Builtin> {
+        self.builtins
+            .iter()
+            .find(|builtin| builtin.methods.contains(&method) && builtin.route.matches(path).is_some())
     }
 
     pub fn route_prefix(&self) -> &str {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use actix_web::HttpMessage;
 use actix_web::web::{Bytes, Data, Path, Payload};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -66,6 +67,7 @@ pub async fn invoke_function(
     let Some(endpoint) = state.catalog.by_function_name(&function) else {
         return HttpResponse::NotFound().json(json!({"error": format!("no function named {:?}", shorten(&function))}));
     };
+    super::request_span::name_request(&request, endpoint.name(), None);
     let host_request = match read_body(payload, MAX_BODY_BYTES)
         .await
         .and_then(|body| parse_invocation(&body))
@@ -106,6 +108,10 @@ pub async fn invoke_function(
                 authorization: host_request.header("authorization"),
                 timeout: host_request.header("x-request-timeout"),
                 received,
+                trace_id: request
+                    .extensions()
+                    .get::<super::request_span::TraceId>()
+                    .map(|id| id.0.clone()),
             };
             run_whole(&state, query_request, &request_id).await
         }
@@ -132,6 +138,7 @@ fn envelope(request_id: &str, outcome: Result<(OutputFormat, String), ApiError>)
     let (status, mut headers, body) = match outcome {
         Ok((format, body)) => (200, serde_json::Map::new(), (format.content_type().to_owned(), body)),
         Err(error) => {
+            error.observe();
             let status = error.status_and_code().0.as_u16();
             let headers = error
                 .extra_headers()

@@ -8,6 +8,7 @@ mod negotiate;
 pub mod problem;
 pub mod query;
 mod request_id;
+pub mod request_span;
 
 use actix_web::web;
 

@@ -73,6 +73,10 @@ pub enum ApiError {
     QuotaExceeded,
     #[error("ClickHouse is unavailable; retry later")]
     Unavailable,
+    #[error("the service has no ClickHouse credentials yet (its secret store has not answered); retry later")]
+    CredentialsUnavailable,
+    #[error("ClickHouse rejected the service's credentials; retry later (operators: see the rotation runbook)")]
+    CredentialsRejected,
     #[error("ClickHouse is unavailable (it failed repeatedly just now); retry after {} s", whole_seconds(*.0))]
     CircuitOpen(Duration),
     #[error("{}", refusal_text(.0))]
@@ -146,6 +150,8 @@ impl ApiError {
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "query_timeout"),
             Self::QuotaExceeded => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             Self::Unavailable | Self::CircuitOpen(_) => (StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable"),
+            Self::CredentialsUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "credentials_unavailable"),
+            Self::CredentialsRejected => (StatusCode::SERVICE_UNAVAILABLE, "credentials_rejected"),
             Self::Limited(Refusal::Rate { .. }) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Limited(Refusal::Concurrency { .. }) => (StatusCode::TOO_MANY_REQUESTS, "too_many_in_progress"),
             Self::Limited(Refusal::Busy { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
@@ -172,11 +178,15 @@ impl ApiError {
                     Self::ParamRejected(name.clone())
                 }
                 216 => Self::DuplicateRequestId(request_id.to_owned()),
-                // Overload and credentials (for example during a password rotation): transient.
-                202 | 203 | 209 | 210 | 241 | 242 | 439 | 516 => Self::Unavailable,
+                // Overload: transient.
+                202 | 203 | 209 | 210 | 241 | 242 | 439 => Self::Unavailable,
+                // The login itself, still refused after the retry with fresh credentials.
+                _ if error.is_login_rejected() => Self::CredentialsRejected,
                 _ => Self::QueryFailed,
             },
             QueryError::Unavailable(_) => Self::Unavailable,
+            QueryError::NoCredentials => Self::CredentialsUnavailable,
+            QueryError::Other(_) if error.is_login_rejected() => Self::CredentialsRejected,
             QueryError::Other(_) => Self::QueryFailed,
         }
     }
@@ -232,8 +242,16 @@ impl ApiError {
         }
     }
 
+    /// Counts the error by code and marks the request's span with it.
+    pub fn observe(&self) {
+        let code = self.status_and_code().1;
+        crate::telemetry::metrics::problem(code);
+        tracing::Span::current().record("error.code", code);
+    }
+
     /// The problem+json response, carrying the request id.
     pub fn to_response(&self, request_id: &str) -> HttpResponse {
+        self.observe();
         let mut response = HttpResponseBuilder::new(self.status_and_code().0);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         response.insert_header(("X-Request-Id", request_id));

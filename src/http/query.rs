@@ -6,6 +6,7 @@
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use actix_web::HttpMessage;
 use actix_web::http::header;
 use actix_web::web::{Bytes, BytesMut, Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
@@ -16,11 +17,13 @@ use super::disconnect::{ClientSocket, Watch};
 use super::negotiate::choose_format;
 use super::problem::{ApiError, rate_limit_headers};
 use super::request_id::request_id;
+use super::request_span::{TraceId, name_request};
 use crate::access::{AccessPolicy, Caller, TokenError, TokenVerifier};
 use crate::catalog::format::OutputFormat;
-use crate::catalog::{Catalog, Endpoint, Method, RouteMatch};
+use crate::catalog::{BuiltinKind, Catalog, Endpoint, Method, RouteMatch};
 use crate::query::limits::Admission;
 use crate::query::{Answer, ExecError, Executor, LiveRest, QueryCall, RequestValues, bind};
+use crate::telemetry::metrics;
 use crate::text::shorten;
 
 /// How long a request body may take to arrive (it is at most 2 MiB).
@@ -33,6 +36,8 @@ pub struct AppState {
     pub policy: AccessPolicy,
     pub verifier: TokenVerifier,
     pub executor: Executor,
+    /// The ClickHouse credentials (for the health report; the executor's runner holds them too).
+    pub secrets: std::sync::Arc<crate::secrets::SecretStore>,
     /// Result bytes held back before the status is committed (see ARCHITECTURE.md, "No error
     /// behind a 200").
     pub response_buffer_bytes: usize,
@@ -56,6 +61,8 @@ pub struct QueryRequest<'a> {
     pub timeout: Option<String>,
     /// When the request arrived: its deadline counts from here, body reading included.
     pub received: Instant,
+    /// The W3C trace the request belongs to, carried into ClickHouse's `log_comment`.
+    pub trace_id: Option<String>,
 }
 
 /// A query that has started answering.
@@ -84,6 +91,10 @@ pub async fn start_query(
     let claims = state.verifier.verify(token).await?;
     let caller = Caller::from_claims(&claims, &state.policy);
     let grant = caller.grant(endpoint)?;
+    let span = tracing::Span::current();
+    span.record("caller.role", grant.role().name.as_str());
+    span.record("caller.tenant", grant.tenant().unwrap_or(""));
+    span.record("request.id", request_id);
     let admission = state.executor.admit(&grant).map_err(ApiError::Limited)?;
     let format_param = take_format(&mut request.query_pairs)?;
     let format =
@@ -116,6 +127,7 @@ pub async fn start_query(
         params: &params,
         format,
         query_id: request_id,
+        trace_id: request.trace_id.as_deref(),
         deadline,
     };
     let run = state.executor.execute(call, buffer_limit);
@@ -277,14 +289,26 @@ pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppSt
         };
         return error.to_response(&request_id);
     };
+    if let Some(builtin) = state.catalog.match_builtin(route_path, method) {
+        name_request(&request, &builtin.name, None);
+        return match builtin.kind {
+            BuiltinKind::Health => super::health::report(&state).await,
+        };
+    }
     let (endpoint, route_params) = match state.catalog.match_route(route_path, method) {
         RouteMatch::Found { endpoint, route_params } => (endpoint, route_params),
         RouteMatch::MethodNotAllowed(allowed) => return method_not_allowed(&request, allowed).to_response(&request_id),
         RouteMatch::NotFound => return ApiError::NotFound(shorten(request.path())).to_response(&request_id),
     };
+    name_request(
+        &request,
+        endpoint.name(),
+        Some(&format!("/{prefix}/{}", endpoint.route())),
+    );
     let query_request = QueryRequest {
         endpoint,
         method,
+        trace_id: request.extensions().get::<TraceId>().map(|id| id.0.clone()),
         route_params: decode_route_params(route_params),
         query_pairs: match query_pairs(request.query_string()) {
             Ok(pairs) => pairs,
@@ -412,6 +436,8 @@ fn respond(
     }
     let (head, rest) = match started.answer {
         Answer::Cached { entry, status, policy } => {
+            tracing::Span::current().record("cache", status.as_str());
+            metrics::cache_lookup(&endpoint_name, status.as_str());
             response
                 .insert_header(("X-Cache", status.as_str()))
                 .insert_header((header::ETAG, entry.etag.clone()))

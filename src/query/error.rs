@@ -9,6 +9,9 @@ pub enum QueryError {
     /// ClickHouse could not be reached, or the connection broke.
     #[error("clickhouse unreachable: {0}")]
     Unavailable(String),
+    /// No ClickHouse credentials yet (the vault has not answered since the start).
+    #[error("no ClickHouse credentials yet")]
+    NoCredentials,
     /// Anything else (a client-side failure).
     #[error("query failed: {0}")]
     Other(String),
@@ -34,7 +37,31 @@ impl From<clickhouse::error::Error> for QueryError {
     }
 }
 
+/// ClickHouse's codes for a login it does not accept: AUTHENTICATION_FAILED, UNKNOWN_USER,
+/// REQUIRED_PASSWORD, WRONG_PASSWORD.
+const LOGIN_REJECTED: [u32; 4] = [516, 192, 194, 193];
+
 impl QueryError {
+    /// A short stable name of the failure, for telemetry.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Exception { .. } => "clickhouse_exception",
+            Self::Unavailable(_) => "unavailable",
+            Self::NoCredentials => "no_credentials",
+            Self::Other(_) => "other",
+        }
+    }
+
+    /// Whether ClickHouse (or a proxy in front of it) refused the login itself, as it does
+    /// right after a password rotation until the new password is in use.
+    pub fn is_login_rejected(&self) -> bool {
+        match self {
+            Self::Exception { code, .. } => LOGIN_REJECTED.contains(code),
+            Self::Other(text) => text.starts_with("401") || text.starts_with("403"),
+            Self::Unavailable(_) | Self::NoCredentials => false,
+        }
+    }
+
     /// Itself when it is a ClickHouse exception, otherwise `fallback()`.
     pub fn into_exception_or(self, fallback: impl FnOnce() -> QueryError) -> QueryError {
         match self {

@@ -61,7 +61,7 @@ pub enum Answer {
 /// The unread part of a live result, holding its ClickHouse query slot until it is dropped.
 #[derive(Debug)]
 pub struct LiveRest {
-    stream: ResultStream,
+    stream: Box<ResultStream>,
     _slot: QuerySlot,
 }
 
@@ -91,6 +91,34 @@ pub struct Executor {
     cache: ResultCache,
     /// The deployment's catalog and policy, as part of every cache key.
     version: Arc<str>,
+    /// The health report's last probe of ClickHouse; locked while probing, so concurrent
+    /// reports share one probe.
+    health_probe: tokio::sync::Mutex<Option<HealthProbe>>,
+}
+
+/// How long the health report reuses a probe's answer: health checks from many places (the
+/// platform, APIM, monitors) never add up to more than one `SELECT 1` per this period.
+const HEALTH_PROBE_TTL: Duration = Duration::from_secs(10);
+
+/// A health probe's answer, for the logins it was made with.
+#[derive(Debug, Clone, Copy)]
+struct HealthProbe {
+    at: Instant,
+    login_generation: u64,
+    reachability: Reachability,
+}
+
+/// Whether ClickHouse answers, as the health report shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    Reachable,
+    Unreachable,
+    /// The circuit breaker has stopped sending queries for now.
+    CircuitOpen,
+    /// ClickHouse answers but refuses the service's login.
+    LoginRejected,
+    /// No credentials to log in with yet.
+    NoCredentials,
 }
 
 /// One request's query: what to run, for whom, and by when.
@@ -101,6 +129,8 @@ pub struct QueryCall<'a> {
     pub format: OutputFormat,
     /// ClickHouse's query id (the request id).
     pub query_id: &'a str,
+    /// The request's W3C trace id, for `system.query_log` to join Application Insights.
+    pub trace_id: Option<&'a str>,
     pub deadline: Instant,
 }
 
@@ -119,7 +149,38 @@ impl Executor {
             breaker,
             cache,
             version,
+            health_probe: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether ClickHouse answers: the open circuit's verdict, or a `SELECT 1` at most every
+    /// [`HEALTH_PROBE_TTL`].
+    pub async fn reachability(&self) -> Reachability {
+        if self.breaker.open_for().is_some() {
+            return Reachability::CircuitOpen;
+        }
+        let mut last = self.health_probe.lock().await;
+        // New logins (a rotation) make the last answer moot.
+        let login_generation = self.runner.login_generation();
+        if let Some(probe) = *last
+            && probe.at.elapsed() < HEALTH_PROBE_TTL
+            && probe.login_generation == login_generation
+        {
+            return probe.reachability;
+        }
+        let reachability = match tokio::time::timeout(PROBE_TIMEOUT, self.runner.ping()).await {
+            Ok(Ok(())) => Reachability::Reachable,
+            Ok(Err(QueryError::NoCredentials)) => Reachability::NoCredentials,
+            Ok(Err(error)) if error.is_login_rejected() => Reachability::LoginRejected,
+            Ok(Err(QueryError::Exception { .. })) => Reachability::Reachable,
+            Ok(Err(_)) | Err(_) => Reachability::Unreachable,
+        };
+        *last = Some(HealthProbe {
+            at: Instant::now(),
+            login_generation,
+            reachability,
+        });
+        reachability
     }
 
     /// Admits a request under its caller's and tenant's limits.
@@ -192,7 +253,10 @@ impl Executor {
                     lead.finish(Outcome::TooLarge);
                     Answer::Live {
                         head: head.chunks,
-                        rest: rest.map(|stream| LiveRest { stream, _slot: slot }),
+                        rest: rest.map(|stream| LiveRest {
+                            stream: Box::new(stream),
+                            _slot: slot,
+                        }),
                     }
                 }
             });
@@ -204,7 +268,10 @@ impl Executor {
         let (head, slot) = self.start(call, head_bytes).await?;
         Ok(Answer::Live {
             head: head.chunks,
-            rest: head.rest.map(|stream| LiveRest { stream, _slot: slot }),
+            rest: head.rest.map(|stream| LiveRest {
+                stream: Box::new(stream),
+                _slot: slot,
+            }),
         })
     }
 
@@ -223,19 +290,31 @@ impl Executor {
         if pass.is_probe() {
             pass = self.probe(pass).await?;
         }
-        let budget = call.deadline.saturating_duration_since(Instant::now());
-        let stream = match self
-            .runner
-            .start(call.grant, call.params, call.format, call.query_id, budget)
-        {
-            Ok(stream) => stream,
-            Err(error) => {
-                report(pass, &error);
-                return Err(error.into());
+        let mut retried = false;
+        loop {
+            let budget = call.deadline.saturating_duration_since(Instant::now());
+            let stream = match self.runner.start(call, budget) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    report(pass, &error);
+                    return Err(error.into());
+                }
+            };
+            let generation = stream.login_generation;
+            match read_head(stream, limit, Some(pass)).await {
+                // A rotated password: ClickHouse has the new one and the vault had it first,
+                // so one retry with what the vault holds now succeeds. Nothing of the result
+                // has been read (ClickHouse checks the login before running anything).
+                Err(ExecError::Query(error))
+                    if !retried && error.is_login_rejected() && self.runner.login_rejected(generation).await =>
+                {
+                    tracing::info!(query.id = %call.query_id, "ClickHouse rejected the login; retrying once with the credentials just read");
+                    retried = true;
+                    pass = self.breaker.pass().map_err(ExecError::CircuitOpen)?;
+                }
+                result => return result.map(|head| (head, slot)),
             }
-        };
-        let head = read_head(stream, limit, Some(pass)).await?;
-        Ok((head, slot))
+        }
     }
 
     /// The half-open probe: `SELECT 1` within [`PROBE_TIMEOUT`]. Its answer closes the circuit
@@ -281,10 +360,13 @@ impl Executor {
         let query_id = uuid::Uuid::new_v4().to_string();
         // The endpoint's and role's own time limits bound a refresh; no caller waits for it.
         // Its own query id: the caller's request has long been answered.
-        let stream = match self
-            .runner
-            .start(grant, call.params, call.format, &query_id, Duration::MAX)
-        {
+        let stream = match self.runner.start(
+            QueryCall {
+                query_id: &query_id,
+                ..call
+            },
+            Duration::MAX,
+        ) {
             Ok(stream) => stream,
             Err(error) => {
                 report(pass, &error);
@@ -361,6 +443,8 @@ fn report(pass: Pass, error: &QueryError) {
         QueryError::Unavailable(_) => pass.failed(),
         // ClickHouse answered: it is up.
         QueryError::Exception { .. } | QueryError::Other(_) => pass.succeeded(),
+        // Nothing was sent: the pass says nothing about ClickHouse.
+        QueryError::NoCredentials => drop(pass),
     }
 }
 

@@ -13,5 +13,5 @@ mod runner;
 
 pub use bind::{BindError, BoundParams, RequestValues, bind};
 pub use error::QueryError;
-pub use executor::{Answer, CacheStatus, ExecError, Executor, LiveRest, QueryCall};
+pub use executor::{Answer, CacheStatus, ExecError, Executor, LiveRest, QueryCall, Reachability};
 pub use runner::{QueryRunner, ResultStream};

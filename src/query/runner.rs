@@ -1,30 +1,45 @@
-//! The query runner: one `clickhouse::Client` for the process, one request per query, with
-//! the endpoint's limits as ClickHouse settings and the values as server-side parameters.
+//! The query runner: one `clickhouse::Client` per login, one request per query, with the
+//! endpoint's limits as ClickHouse settings and the values as server-side parameters. The
+//! clients are rebuilt whenever the secret store's logins change (a rotated password).
 
 use bytes::{Bytes, BytesMut};
 use clickhouse::Client;
 use clickhouse::query::BytesCursor;
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde_json::json;
 
-use super::bind::BoundParams;
 use super::error::QueryError;
+use super::executor::QueryCall;
+use crate::access::AccessPolicy;
 use crate::access::caller::subject_hash;
-use crate::access::{AccessPolicy, Grant};
-use crate::catalog::format::OutputFormat;
+use crate::secrets::{Logins, SecretStore};
 use crate::settings::ClickHouseSettings;
+use crate::telemetry::metrics;
+use tracing::field::Empty;
 
 /// Runs endpoint queries on ClickHouse.
-#[derive(Clone)]
 pub struct QueryRunner {
-    client: Client,
-    /// Clients of roles that have a ClickHouse user of their own, so ClickHouse's grants apply.
-    role_clients: HashMap<String, Client>,
+    url: String,
+    /// host:port of the URL, for the dependency's target.
+    host: String,
+    database: String,
+    secrets: Arc<SecretStore>,
+    /// The clients of the store's current logins (rebuilt when they change).
+    clients: RwLock<Option<Arc<Clients>>>,
     /// The custom setting that carries the tenant for a ClickHouse row policy, if configured.
     tenant_setting: Option<String>,
+}
+
+/// One client per login, built from one generation of the logins.
+struct Clients {
+    generation: u64,
+    service: Client,
+    /// Clients of roles that have a ClickHouse user of their own, so ClickHouse's grants apply.
+    roles: HashMap<String, Client>,
 }
 
 impl std::fmt::Debug for QueryRunner {
@@ -35,7 +50,15 @@ impl std::fmt::Debug for QueryRunner {
 
 /// A running query's result, as ClickHouse streams it.
 pub struct ResultStream {
+    /// The generation of the logins the query was sent with.
+    pub login_generation: u64,
     cursor: BytesCursor,
+    /// The query's dependency span, ended when the stream is dropped.
+    span: tracing::Span,
+    endpoint: String,
+    sent: std::time::Instant,
+    /// How the query ended, once it has.
+    outcome: Option<&'static str>,
     /// The last bytes read, held back until the next chunk or the end: an exception written
     /// after rows (the server's `__exception__` trailer) must never reach the caller as data.
     tail: BytesMut,
@@ -52,9 +75,14 @@ impl std::fmt::Debug for ResultStream {
 }
 
 impl ResultStream {
-    fn new(cursor: BytesCursor) -> Self {
+    fn new(cursor: BytesCursor, login_generation: u64, span: tracing::Span, endpoint: &str) -> Self {
         Self {
+            login_generation,
             cursor,
+            span,
+            endpoint: endpoint.to_owned(),
+            sent: std::time::Instant::now(),
+            outcome: None,
             tail: BytesMut::new(),
             done: false,
         }
@@ -65,6 +93,42 @@ impl ResultStream {
     /// detects it when the trailer arrives in one piece, and the held-back tail catches it
     /// when the trailer is split across pieces.
     pub async fn next(&mut self) -> Result<Option<Bytes>, QueryError> {
+        let next = self.read().await;
+        match &next {
+            Ok(Some(_)) => {}
+            Ok(None) => self.ended("ok", None),
+            Err(error) => self.ended("error", Some(error)),
+        }
+        next
+    }
+
+    fn ended(&mut self, outcome: &'static str, error: Option<&QueryError>) {
+        if self.outcome.is_some() {
+            return;
+        }
+        self.outcome = Some(outcome);
+        if let Some(summary) = self.cursor.summary() {
+            if let Some(rows) = summary.read_rows() {
+                self.span.record("clickhouse.read_rows", rows);
+            }
+            if let Some(bytes) = summary.read_bytes() {
+                self.span.record("clickhouse.read_bytes", bytes);
+            }
+            if let Some(rows) = summary.result_rows() {
+                self.span.record("db.response.returned_rows", rows);
+            }
+        }
+        match error {
+            None => self.span.record("otel.status_code", "ok"),
+            Some(error) => {
+                self.span.record("error.type", error.kind());
+                self.span.record("otel.status_code", "error")
+            }
+        };
+        metrics::query_done(&self.endpoint, outcome, self.sent.elapsed().as_secs_f64());
+    }
+
+    async fn read(&mut self) -> Result<Option<Bytes>, QueryError> {
         loop {
             if self.done {
                 return Ok(None);
@@ -85,6 +149,19 @@ impl ResultStream {
                     return Ok((!self.tail.is_empty()).then(|| self.tail.split().freeze()));
                 }
             }
+        }
+    }
+}
+
+impl Drop for ResultStream {
+    fn drop(&mut self) {
+        // Dropped before its end: the caller hung up, the deadline passed, or the result was
+        // too large to cache. ClickHouse cancels the query when its response is dropped.
+        if self.outcome.is_none() {
+            self.span.record("error.type", "cancelled");
+            self.span.record("otel.status_code", "error");
+            self.outcome = Some("cancelled");
+            metrics::query_done(&self.endpoint, "cancelled", self.sent.elapsed().as_secs_f64());
         }
     }
 }
@@ -116,44 +193,92 @@ fn trailing_exception(tail: &[u8]) -> Option<QueryError> {
 }
 
 impl QueryRunner {
-    pub fn new(settings: &ClickHouseSettings, policy: &AccessPolicy) -> Self {
-        let client = |user: &str, password: &str| {
-            Client::default()
-                .with_url(&settings.url)
-                .with_user(user)
-                .with_password(password)
-                .with_database(&settings.database)
-        };
-        let role_clients = policy
-            .roles()
-            .filter_map(|role| {
-                let (user, password) = role.clickhouse_user.as_ref()?;
-                Some((role.name.clone(), client(user, password)))
-            })
-            .collect();
+    pub fn new(settings: &ClickHouseSettings, policy: &AccessPolicy, secrets: Arc<SecretStore>) -> Self {
         Self {
-            client: client(&settings.user, &settings.password),
-            role_clients,
+            host: settings
+                .url
+                .split("://")
+                .nth(1)
+                .unwrap_or(&settings.url)
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            url: settings.url.clone(),
+            database: settings.database.clone(),
+            secrets,
+            clients: RwLock::new(None),
             tenant_setting: policy.tenant_setting().map(str::to_owned),
         }
     }
 
+    /// The clients of the current logins: the cached ones, or new ones when the logins have
+    /// changed since they were built.
+    fn clients(&self) -> Result<Arc<Clients>, QueryError> {
+        let logins = self.secrets.current().ok_or(QueryError::NoCredentials)?;
+        if let Some(clients) = self.clients.read().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && clients.generation == logins.generation
+        {
+            return Ok(Arc::clone(clients));
+        }
+        let clients = Arc::new(self.build_clients(&logins));
+        *self.clients.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&clients));
+        Ok(clients)
+    }
+
+    fn build_clients(&self, logins: &Logins) -> Clients {
+        let client = |login: &crate::secrets::Login| {
+            Client::default()
+                .with_url(&self.url)
+                .with_user(&login.user)
+                .with_password(login.password.expose())
+                .with_database(&self.database)
+        };
+        Clients {
+            generation: logins.generation,
+            service: client(&logins.service),
+            roles: logins
+                .roles
+                .iter()
+                .map(|(role, login)| (role.clone(), client(login)))
+                .collect(),
+        }
+    }
+
+    /// The generation of the current logins (0 before there are any).
+    pub fn login_generation(&self) -> u64 {
+        self.secrets.current().map_or(0, |logins| logins.generation)
+    }
+
+    /// ClickHouse rejected the logins of `generation`: whether newer ones are now in place
+    /// (read from the vault by this call or a concurrent one), so the query may be retried.
+    pub async fn login_rejected(&self, generation: u64) -> bool {
+        self.secrets.rejected(generation).await
+    }
+
     /// A trivial query: is ClickHouse answering at all?
     pub async fn ping(&self) -> Result<(), QueryError> {
-        self.client.query("SELECT 1").execute().await.map_err(QueryError::from)
+        let clients = self.clients()?;
+        clients
+            .service
+            .query("SELECT 1")
+            .execute()
+            .await
+            .map_err(QueryError::from)
     }
 
     /// Sends the granted endpoint's query. `query_id` names it in ClickHouse's logs and
     /// processes; `log_comment` and `quota_key` carry who ran it (never a token). `budget` is
     /// what is left of the request's deadline: ClickHouse stops the query when it runs out.
-    pub fn start(
-        &self,
-        grant: &Grant<'_>,
-        params: &BoundParams,
-        format: OutputFormat,
-        query_id: &str,
-        budget: Duration,
-    ) -> Result<ResultStream, QueryError> {
+    pub fn start(&self, call: QueryCall<'_>, budget: Duration) -> Result<ResultStream, QueryError> {
+        let QueryCall {
+            grant,
+            params,
+            format,
+            query_id,
+            trace_id,
+            ..
+        } = call;
         let endpoint = grant.endpoint();
         let role = grant.role();
         let limits = endpoint.limits();
@@ -172,8 +297,10 @@ impl QueryRunner {
             "role": role.name,
             "tenant": grant.tenant(),
             "subject": subject_hash(grant.subject()),
+            "trace_id": trace_id,
         });
-        let client = self.role_clients.get(&role.name).unwrap_or(&self.client);
+        let clients = self.clients()?;
+        let client = clients.roles.get(&role.name).unwrap_or(&clients.service);
         // query_raw: the SQL is sent as written (no client-side `?` binding); values travel
         // only as typed parameters.
         let mut query = client
@@ -220,7 +347,26 @@ impl QueryRunner {
             query = query.param(name, value);
         }
         let cursor = query.fetch_bytes(format.clickhouse_format())?;
-        Ok(ResultStream::new(cursor))
+        // The dependency: from sending the query until its result has been read (or dropped).
+        // The SQL is the endpoint's parameterised text; values travel apart and are not here.
+        let span = tracing::info_span!(
+            "clickhouse",
+            otel.name = endpoint.name(),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            ai.operation.name = endpoint.name(),
+            db.system.name = "clickhouse",
+            db.namespace = %self.database,
+            db.query.text = endpoint.sql(),
+            server.address = %self.host,
+            clickhouse.query_id = query_id,
+            clickhouse.format = format.clickhouse_format(),
+            clickhouse.read_rows = Empty,
+            clickhouse.read_bytes = Empty,
+            db.response.returned_rows = Empty,
+            error.type = Empty,
+        );
+        Ok(ResultStream::new(cursor, clients.generation, span, endpoint.name()))
     }
 }
 

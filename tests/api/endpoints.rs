@@ -474,7 +474,7 @@ async fn credentials_clickhouse_refuses_are_a_503_not_a_failed_query() {
     let app = spawn_app_with(|settings| settings.clickhouse.password = "not-the-password".into()).await;
     let response = app.get("echo", &[]).await;
     assert_eq!(response.headers()["retry-after"], "5");
-    assert_eq!(problem(response, 503).await["code"], "clickhouse_unavailable");
+    assert_eq!(problem(response, 503).await["code"], "credentials_rejected");
 }
 
 #[tokio::test]

@@ -12,7 +12,11 @@ use xtask::dev_issuer::{DevIssuer, DevKey};
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var_os("TEST_LOG").is_some() {
-        chgate::telemetry::init_subscriber();
+        let settings = chgate::telemetry::TelemetrySettings {
+            connection_string: None,
+            ..chgate::telemetry::TelemetrySettings::from_env()
+        };
+        let _ = chgate::telemetry::init(&settings);
     }
 });
 
@@ -131,7 +135,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
         clickhouse: ClickHouseSettings {
             url: connection.url,
             user: connection.user,
-            password: connection.password,
+            password: connection.password.into(),
             database: connection.database,
         },
         functions_dir: fixtures.join("endpoints"),
@@ -148,6 +152,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
             ..VerifyOptions::default()
         },
         serving: chgate::settings::ServingSettings::default(),
+        secrets: chgate::settings::SecretsSettings::default(),
     };
     customise(&mut settings);
     let application = Application::build(settings).await.expect("building the application");

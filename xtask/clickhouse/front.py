@@ -7,6 +7,10 @@ server. What a server does that an embedded engine does not (users and passwords
 users, one statement per request, per-request settings, native compressed insert blocks,
 HTTP compression, error statuses) is done here.
 
+Refused logins (the front's stand-in for system.session_log's LoginFailure rows):
+    GET /_front/login_failures (any valid user) answers {"login_failures": {user: count}}:
+    refused logins per user name since the front started.
+
 Running queries (the front's stand-in for system.processes):
     GET /_front/processes (any valid user) answers, without waiting for the engine, with the
     requests in progress: {"processes": [{"query_id": "...", "user": "...", "elapsed": 0.12,
@@ -593,6 +597,11 @@ class Request:
         return user, key or ""
 
 
+# Refused logins per user name, for GET /_front/login_failures.
+LOGIN_FAILURES = {}
+LOGIN_FAILURES_LOCK = threading.Lock()
+
+
 class FrontHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Nagle's algorithm with delayed ACKs adds ~40 ms to every small response.
@@ -633,6 +642,12 @@ class FrontHandler(BaseHTTPRequestHandler):
             if read_only_method and request.path == "/_front/processes":
                 self.authenticate(request)
                 self.send_json(200, {"processes": PROCESSES.rows()})
+                return
+            if read_only_method and request.path == "/_front/login_failures":
+                # The front's stand-in for system.session_log's LoginFailure rows.
+                self.authenticate(request)
+                with LOGIN_FAILURES_LOCK:
+                    self.send_json(200, {"login_failures": dict(LOGIN_FAILURES)})
                 return
             if request.path != "/":
                 request.body.drain()
@@ -702,6 +717,8 @@ class FrontHandler(BaseHTTPRequestHandler):
         entry = self.users.lookup(user)
         password = entry.get("password", "") if isinstance(entry, dict) else None
         if password is None or not hmac.compare_digest(password.encode(), key.encode()):
+            with LOGIN_FAILURES_LOCK:
+                LOGIN_FAILURES[user] = LOGIN_FAILURES.get(user, 0) + 1
             raise self.engine.error(
                 "AUTHENTICATION_FAILED",
                 f"{user}: Authentication failed: password is incorrect, or there is no user "

@@ -1,0 +1,94 @@
+//! One server span per request (a Request item in Application Insights), continuing the
+//! caller's `traceparent`, and the request metrics. The handlers fill in what only they know:
+//! the endpoint (the operation name), the caller's role and tenant, the cache's answer and
+//! the problem code.
+//!
+//! Recorded on purpose: the endpoint's route template, never the path (route parameters are
+//! caller values) or the query string; no header, so no token.
+
+use std::time::Instant;
+
+use actix_web::HttpMessage;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::telemetry::{metrics, trace};
+
+/// The trace a request belongs to (32 hex digits), for ClickHouse's `log_comment`.
+#[derive(Debug, Clone)]
+pub struct TraceId(pub String);
+
+/// What the request turned out to be (the endpoint's name, or a built-in's), for metrics.
+#[derive(Debug, Clone)]
+pub struct Operation(pub String);
+
+pub async fn request_span(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    // Named by what the handler finds; until then only by a path-free description.
+    let operation = if request.path() == "/" {
+        "readiness"
+    } else {
+        "unmatched"
+    };
+    let span = tracing::info_span!(
+        "request",
+        otel.name = operation,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        ai.operation.name = operation,
+        http.request.method_original = %request.method(),
+        http.route = Empty,
+        http.response.status_code = Empty,
+        request.id = Empty,
+        endpoint = Empty,
+        caller.role = Empty,
+        caller.tenant = Empty,
+        cache = Empty,
+        error.code = Empty,
+    );
+    if let Some(trace_id) = trace::continue_trace(&span, request.headers()) {
+        request.extensions_mut().insert(TraceId(trace_id));
+    }
+    let result = next.call(request).instrument(span.clone()).await;
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(error) => error.as_response_error().status_code(),
+    };
+    span.record("http.response.status_code", status.as_u16());
+    // The exporter reports success from the span status alone; 4xx are the caller's, not ours.
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    let operation = result
+        .as_ref()
+        .ok()
+        .and_then(|response| response.request().extensions().get::<Operation>().map(|o| o.0.clone()));
+    metrics::request_done(
+        operation.as_deref().unwrap_or(operation_default(status.as_u16())),
+        status.as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    result
+}
+
+fn operation_default(status: u16) -> &'static str {
+    if status == 404 { "unmatched" } else { "other" }
+}
+
+/// Names the current request's span and metrics after what it turned out to be.
+pub fn name_request(request: &actix_web::HttpRequest, name: &str, route: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("otel.name", name);
+    span.record("ai.operation.name", name);
+    span.record("endpoint", name);
+    if let Some(route) = route {
+        span.record("http.route", route);
+    }
+    request.extensions_mut().insert(Operation(name.to_owned()));
+}
