@@ -6,6 +6,7 @@
 //! Recorded on purpose: the endpoint's route template, never the path (route parameters are
 //! caller values) or the query string; no header, so no token.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use actix_web::HttpMessage;
@@ -15,6 +16,10 @@ use actix_web::middleware::Next;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use actix_web::web::Data;
+
+use super::AppState;
+use crate::catalog::{Method, RouteMatch};
 use crate::telemetry::{metrics, trace};
 
 /// The trace a request belongs to (32 hex digits), for ClickHouse's `log_comment`.
@@ -30,18 +35,17 @@ pub async fn request_span(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    // Named by what the handler finds; until then only by a path-free description.
-    let operation = if request.path() == "/" {
-        "readiness"
-    } else {
-        "unmatched"
-    };
+    // The span's name is fixed when it is first entered, so the endpoint is looked up here,
+    // ahead of the handler (a walk over a handful of compiled routes).
+    let operation = request
+        .app_data::<Data<AppState>>()
+        .map_or(Cow::Borrowed("unmatched"), |state| operation_of(state, &request));
     let span = tracing::info_span!(
         "request",
-        otel.name = operation,
+        otel.name = %operation,
         otel.kind = "server",
         otel.status_code = Empty,
-        ai.operation.name = operation,
+        ai.operation.name = %operation,
         http.request.method_original = %request.method(),
         http.route = Empty,
         http.response.status_code = Empty,
@@ -81,11 +85,40 @@ fn operation_default(status: u16) -> &'static str {
     if status == 404 { "unmatched" } else { "other" }
 }
 
-/// Names the current request's span and metrics after what it turned out to be.
+/// What a request will reach, by name: an endpoint, a built-in function, the readiness
+/// probe, or "unmatched". Never the path itself (route parameters are caller values).
+fn operation_of(state: &AppState, request: &ServiceRequest) -> Cow<'static, str> {
+    let path = request.path().trim_start_matches('/');
+    if path.is_empty() {
+        return Cow::Borrowed("readiness");
+    }
+    let method = match *request.method() {
+        actix_web::http::Method::GET => Method::Get,
+        actix_web::http::Method::POST => Method::Post,
+        _ => return Cow::Borrowed("unmatched"),
+    };
+    let prefix = state.catalog.route_prefix();
+    match path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('/')) {
+        Some(route_path) => {
+            if let Some(builtin) = state.catalog.match_builtin(route_path, method) {
+                return Cow::Owned(builtin.name.clone());
+            }
+            match state.catalog.match_route(route_path, method) {
+                RouteMatch::Found { endpoint, .. } => Cow::Owned(endpoint.name().to_owned()),
+                _ => Cow::Borrowed("unmatched"),
+            }
+        }
+        // An invocation payload: POST /<FunctionName>.
+        None => match state.catalog.by_function_name(path) {
+            Some(endpoint) if method == Method::Post => Cow::Owned(endpoint.name().to_owned()),
+            _ => Cow::Borrowed("unmatched"),
+        },
+    }
+}
+
+/// Records on the current request's span and metrics what the request turned out to be.
 pub fn name_request(request: &actix_web::HttpRequest, name: &str, route: Option<&str>) {
     let span = tracing::Span::current();
-    span.record("otel.name", name);
-    span.record("ai.operation.name", name);
     span.record("endpoint", name);
     if let Some(route) = route {
         span.record("http.route", route);

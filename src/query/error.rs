@@ -121,6 +121,17 @@ mod tests {
     }
 
     #[test]
+    fn only_refused_logins_count_as_rejected() {
+        let refused = parse_exception("Code: 516. DB::Exception: u: Authentication failed. (AUTHENTICATION_FAILED)");
+        assert!(refused.expect("parsed").is_login_rejected());
+        let other = parse_exception("Code: 60. DB::Exception: Unknown table. (UNKNOWN_TABLE)");
+        assert!(!other.expect("parsed").is_login_rejected());
+        assert!(QueryError::Other("401 Unauthorized".into()).is_login_rejected());
+        assert!(!QueryError::Unavailable("refused".into()).is_login_rejected());
+        assert!(!QueryError::NoCredentials.is_login_rejected());
+    }
+
+    #[test]
     fn text_without_a_code_is_not_an_exception() {
         assert!(parse_exception("bad gateway").is_none());
     }

@@ -116,3 +116,97 @@ impl LoginPlan {
             .any(|recipe| matches!(recipe.user, Value::Vault(_)) || matches!(recipe.password, Value::Vault(_)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{AccessPolicy, Place};
+
+    const POLICY: &str = r#"
+version = 1
+[[issuers]]
+name = "entra"
+url = "https://login.microsoftonline.com/t1/v2.0"
+audiences = ["api://chgate"]
+
+[tenant]
+claim = "tid"
+
+[roles.reader]
+description = "reads"
+
+[roles.analyst]
+description = "its own ClickHouse user"
+[roles.analyst.clickhouse]
+user = "chgate_analyst"
+password_setting = "CH_ANALYST_PASSWORD"
+password_secret = "ch-analyst-password"
+
+[[grants]]
+role = "analyst"
+claim = "roles"
+any_of = ["Analytics.Read"]
+"#;
+
+    fn policy(text: &str) -> AccessPolicy {
+        let place = Place {
+            in_azure: false,
+            allow_dev_issuers: false,
+        };
+        AccessPolicy::from_toml(toml::from_str(text).expect("toml"), &|_| None, place).expect("policy")
+    }
+
+    fn clickhouse() -> ClickHouseSettings {
+        ClickHouseSettings {
+            url: "http://127.0.0.1:8123".into(),
+            user: "chgate".into(),
+            password: Secret::new("from-settings"),
+            database: "default".into(),
+        }
+    }
+
+    fn env(name: &str) -> Option<String> {
+        (name == "CH_ANALYST_PASSWORD").then(|| "analyst-from-settings".to_owned())
+    }
+
+    #[test]
+    fn without_a_vault_every_value_comes_from_app_settings() {
+        let plan = LoginPlan::new(&clickhouse(), None, &policy(POLICY), &env).expect("plan");
+        assert!(!plan.uses_vault());
+        assert_eq!(plan.service.password, Value::Known(Secret::new("from-settings")));
+        assert_eq!(
+            plan.roles["analyst"].password,
+            Value::Known(Secret::new("analyst-from-settings"))
+        );
+        assert!(
+            !plan.roles.contains_key("reader"),
+            "a role without a user of its own has no login"
+        );
+    }
+
+    #[test]
+    fn with_a_vault_the_passwords_are_vault_secrets() {
+        let names = VaultNames {
+            user_secret: Some("clickhouse-user".into()),
+            password_secret: "clickhouse-password".into(),
+        };
+        let plan = LoginPlan::new(&clickhouse(), Some(&names), &policy(POLICY), &env).expect("plan");
+        assert!(plan.uses_vault());
+        assert_eq!(plan.service.user, Value::Vault("clickhouse-user".into()));
+        assert_eq!(plan.service.password, Value::Vault("clickhouse-password".into()));
+        assert_eq!(
+            plan.roles["analyst"].password,
+            Value::Vault("ch-analyst-password".into())
+        );
+        assert_eq!(plan.roles["analyst"].user, Value::Known(Secret::new("chgate_analyst")));
+    }
+
+    #[test]
+    fn a_missing_setting_or_a_secret_without_a_vault_stops_the_start() {
+        let error = LoginPlan::new(&clickhouse(), None, &policy(POLICY), &|_| None).expect_err("refused");
+        assert!(error.to_string().contains("CH_ANALYST_PASSWORD"), "{error}");
+        let secret_only = POLICY.replace("password_setting = \"CH_ANALYST_PASSWORD\"\n", "");
+        let error = LoginPlan::new(&clickhouse(), None, &policy(&secret_only), &env).expect_err("refused");
+        assert!(error.to_string().contains("CHGATE_KEYVAULT_URL"), "{error}");
+    }
+}

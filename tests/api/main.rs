@@ -16,3 +16,4 @@ mod key_vault_stand_in;
 mod sample_data;
 mod secrets;
 mod serving;
+mod telemetry;
