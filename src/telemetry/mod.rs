@@ -98,10 +98,14 @@ impl Telemetry {
 /// propagator. A second call (as in tests) leaves the first subscriber in place.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<Telemetry> {
     global::set_text_map_propagator(TraceContextPropagator::new());
+    // RUST_LOG filters the log only: export takes the handler's spans whatever the log level.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let log = tracing_subscriber::fmt::layer().json().with_current_span(false);
+    let log = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(false)
+        .with_filter(filter);
     let Some(connection_string) = &settings.connection_string else {
-        let _ = tracing_subscriber::registry().with(filter).with(log).try_init();
+        let _ = tracing_subscriber::registry().with(log).try_init();
         return Ok(Telemetry::default());
     };
     let exporter = exporter(connection_string)?;
@@ -140,11 +144,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<Telemetry> {
         .with_filter(filter_fn(|meta| {
             meta.is_span() && meta.target().starts_with(EXPORTED_TARGET)
         }));
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(log)
-        .with(export)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(log).with(export).try_init();
     tracing::info!("telemetry export to Application Insights is on");
     Ok(Telemetry {
         tracer: Some(tracer),

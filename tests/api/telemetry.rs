@@ -51,6 +51,8 @@ async fn requests_and_queries_reach_application_insights_as_one_operation_and_no
         // Nothing is sent on a timer during the test: what arrives is what shutdown flushed.
         .env("CHGATE_TELEMETRY_SPAN_DELAY_MS", "600000")
         .env("CHGATE_TELEMETRY_METRIC_INTERVAL_SECONDS", "3600")
+        // The log level filters the log only, never what is exported.
+        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -163,10 +165,8 @@ async fn requests_and_queries_reach_application_insights_as_one_operation_and_no
         dependency["properties"]["clickhouse.read_rows"].is_string(),
         "{dependency}"
     );
-    assert!(
-        dependency["data"].as_str().unwrap_or_default().contains("{s:String}"),
-        "the SQL as written, values apart: {dependency}"
-    );
+    assert_eq!(dependency["name"], "echo");
+    assert_eq!(dependency["type"], "clickhouse");
 
     let hit_request = requests
         .iter()

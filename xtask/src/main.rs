@@ -64,6 +64,11 @@ enum Task {
         /// is other than a 2xx or a 429.
         #[arg(long)]
         load: bool,
+        /// Instead, measure what exporting telemetry costs: requests to a handler exporting to
+        /// Application Insights (a local receiver stands in for the ingestion endpoint) and to
+        /// one that does not, interleaved, for cache hits and misses.
+        #[arg(long, conflicts_with_all = ["load", "callgrind"])]
+        telemetry: bool,
     },
     /// Print an access token from the development issuer, for curl: roles are granted the way
     /// access.toml says (the first grant rule of the role).
@@ -181,6 +186,7 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
             callgrind,
             no_callgrind,
             load,
+            telemetry,
         } => {
             anyhow::ensure!(
                 !concurrency.is_empty() && !concurrency.contains(&0),
@@ -194,6 +200,13 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
                         callers: concurrency.iter().copied().max().unwrap_or(64),
                     };
                     xtask::bench::load(&connection, &options).await
+                }
+                Ok(()) if telemetry => {
+                    let options = xtask::bench::TelemetryOptions {
+                        duration: std::time::Duration::from_secs(seconds.unwrap_or(5)),
+                        levels: concurrency,
+                    };
+                    xtask::bench::telemetry(&connection, &options).await
                 }
                 Ok(()) => {
                     let options = xtask::bench::Options {

@@ -44,6 +44,14 @@ pub(super) fn copy_catalog(source: &Path, dest: &Path, rule: &dyn Fn(&str) -> Op
             .context("an endpoint folder name that is not UTF-8")?;
         let text = std::fs::read_to_string(&path)?;
         let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        // Built-in functions (kind = "health") have no query to cache.
+        if table
+            .get("kind")
+            .and_then(toml::Value::as_str)
+            .is_some_and(|kind| kind != "query")
+        {
+            continue;
+        }
         let wanted = rule(name);
         let text = match (wanted, table.contains_key("cache")) {
             (None, false) => continue,

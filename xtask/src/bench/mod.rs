@@ -23,6 +23,7 @@ mod machine;
 mod signatures;
 mod startup;
 mod table;
+mod telemetry;
 mod throughput;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ use crate::dev_issuer::{self, DevIssuer, DevKey};
 use crate::repo_root;
 
 pub use self::load::run as load;
+pub use self::telemetry::{TelemetryOptions, run as telemetry};
 
 /// What `cargo xtask bench` measures.
 #[derive(Debug, Clone)]
