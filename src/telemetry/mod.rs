@@ -100,9 +100,12 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<Telemetry> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     // RUST_LOG filters the log only: export takes the handler's spans whatever the log level.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Events carry their own fields (request.id, endpoint.name, ...); the request span's
+    // fields would repeat them on every line.
     let log = tracing_subscriber::fmt::layer()
         .json()
         .with_current_span(false)
+        .with_span_list(false)
         .with_filter(filter);
     let Some(connection_string) = &settings.connection_string else {
         let _ = tracing_subscriber::registry().with(log).try_init();
