@@ -401,21 +401,24 @@ async fn run_dev(connection: &Connection, rows: u64) -> anyhow::Result<ExitCode>
         .kill_on_drop(true)
         .spawn()
         .context("starting the handler")?;
+    // SIGTERM (a supervisor, `timeout`) ends the run like Ctrl-C, so that what was started
+    // is stopped either way.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         status = handler.wait() => {
             let status = status?;
             println!("The handler exited ({status})");
-            Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        _ = tokio::signal::ctrl_c() => {
-            // A terminal's Ctrl-C reaches the handler as well; a signal sent to this task alone
-            // does not, so pass it on, then give the handler a moment to drain.
-            if let Some(pid) = handler.id() {
-                let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            }
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handler.wait()).await;
-            Ok(ExitCode::SUCCESS)
-        }
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
+    // A terminal's Ctrl-C reaches the handler as well; a signal sent to this task alone does
+    // not, so pass it on, then give the handler a moment to drain.
+    if let Some(pid) = handler.id() {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handler.wait()).await;
+    Ok(ExitCode::SUCCESS)
 }
