@@ -102,7 +102,7 @@ fn check(args: &CatalogArgs, report: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn serve() -> anyhow::Result<ExitCode> {
-    let telemetry = telemetry::init(&telemetry::TelemetrySettings::from_env())?;
+    let telemetry = telemetry::init(&telemetry::TelemetrySettings::from_env()?)?;
     let served = actix_web::rt::System::new().block_on(async {
         let settings = Settings::from_env().context("reading settings from the environment")?;
         let application = Application::build(settings).await.context("building the application")?;

@@ -115,7 +115,7 @@ async fn secret_store(settings: &Settings, policy: &AccessPolicy) -> anyhow::Res
         Some(vault) => {
             let reader = VaultReader::new(vault)?;
             tracing::info!(vault = %vault.url, "ClickHouse credentials come from Key Vault");
-            SecretStore::with_vault(plan, reader, secrets.refresh_every).await
+            SecretStore::with_source(plan, Box::new(reader), secrets.refresh_every).await
         }
     })
 }

@@ -315,6 +315,13 @@ pub fn load(root: &Path, name: &str, route_prefix: &str, rules: &AccessRules) ->
             return Err(problems.found);
         }
     };
+    if let Some(kind) = endpoint_toml.kind.as_deref().filter(|kind| *kind != "query") {
+        problems.add(
+            "endpoint.toml",
+            line_of_key(&toml_text, "kind"),
+            format!("kind {kind:?} takes no query.sql; remove query.sql, or set kind = \"query\" (the default)"),
+        );
+    }
     let params = build_params(&endpoint_toml, &toml_text, &mut problems);
     // Read once; both checks look at the same reading of the SQL.
     let scan = sql::scan(&sql_text);
@@ -555,6 +562,17 @@ fn key_line(toml_text: &str, key: &str) -> Option<usize> {
     toml_text
         .lines()
         .position(|line| line.trim_start().starts_with(key) && line.contains('='))
+        .map(|index| index + 1)
+}
+
+/// The line where a top-level `key = ...` is written, if it is.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
         .map(|index| index + 1)
 }
 

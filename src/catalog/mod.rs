@@ -116,7 +116,19 @@ impl Catalog {
             }
         }
         problems.extend(clashes(&endpoints));
-        for builtin in &builtins {
+        for (index, builtin) in builtins.iter().enumerate() {
+            for other in &builtins[index + 1..] {
+                if other.route.overlaps(&builtin.route) {
+                    problems.push(Problem {
+                        file: Path::new(&other.name).join("function.json"),
+                        line: None,
+                        message: format!(
+                            "route \"{}\" clashes with the {} function's \"{}\": give one of them another route",
+                            other.route, builtin.name, builtin.route
+                        ),
+                    });
+                }
+            }
             for endpoint in &endpoints {
                 if endpoint.methods().iter().any(|m| builtin.methods.contains(m))
                     && endpoint.route().overlaps(&builtin.route)
@@ -186,13 +198,20 @@ impl Catalog {
         }
     }
 
-    /// The methods some endpoint answers at this path (none: no endpoint lives there).
+    /// The methods some endpoint or built-in function answers at this path (none: nothing
+    /// lives there).
     pub fn methods_at(&self, path: &str) -> Vec<Method> {
+        let builtins = self
+            .builtins
+            .iter()
+            .filter(|builtin| builtin.route.matches(path).is_some())
+            .flat_map(|builtin| builtin.methods.iter().copied());
         let mut methods: Vec<Method> = self
             .endpoints
             .iter()
             .filter(|endpoint| endpoint.route().matches(path).is_some())
             .flat_map(|endpoint| endpoint.methods().iter().copied())
+            .chain(builtins)
             .collect();
         methods.sort();
         methods.dedup();

@@ -157,11 +157,16 @@ fn envelope(request_id: &str, outcome: Result<(OutputFormat, String), ApiError>)
     };
     headers.insert("Content-Type".into(), Value::String(body.0));
     headers.insert("X-Request-Id".into(), Value::String(request_id.to_owned()));
-    HttpResponse::Ok().json(json!({
+    let mut response = HttpResponse::Ok().json(json!({
         "Outputs": { "res": { "statusCode": status.to_string(), "body": body.1, "headers": headers } },
         "Logs": [],
         "ReturnValue": Value::Null,
-    }))
+    }));
+    // The host's envelope is always 200; telemetry reports the caller's status.
+    response
+        .extensions_mut()
+        .insert(super::request_span::CallerStatus(status));
+    response
 }
 
 /// Runs the query and reads the whole result: the payload carries the body as one string, so

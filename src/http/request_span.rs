@@ -26,6 +26,11 @@ use crate::telemetry::{metrics, trace};
 #[derive(Debug, Clone)]
 pub struct TraceId(pub String);
 
+/// The status the caller gets when it differs from the HTTP response's: an invocation
+/// payload's envelope is always 200, whatever `Outputs.res.statusCode` says.
+#[derive(Debug, Clone, Copy)]
+pub struct CallerStatus(pub u16);
+
 /// What the request turned out to be (the endpoint's name, or a built-in's), for metrics.
 #[derive(Debug, Clone)]
 pub struct Operation(pub String);
@@ -46,7 +51,7 @@ pub async fn request_span(
         otel.kind = "server",
         otel.status_code = Empty,
         ai.operation.name = %operation,
-        http.request.method_original = %request.method(),
+        http.request.method_original = known_method(request.method()),
         http.route = Empty,
         http.response.status_code = Empty,
         request.id = Empty,
@@ -61,12 +66,16 @@ pub async fn request_span(
     }
     let result = next.call(request).instrument(span.clone()).await;
     let status = match &result {
-        Ok(response) => response.status(),
-        Err(error) => error.as_response_error().status_code(),
+        Ok(response) => response
+            .response()
+            .extensions()
+            .get::<CallerStatus>()
+            .map_or(response.status().as_u16(), |status| status.0),
+        Err(error) => error.as_response_error().status_code().as_u16(),
     };
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", status);
     // The exporter reports success from the span status alone; 4xx are the caller's, not ours.
-    if status.is_server_error() {
+    if status >= 500 {
         span.record("otel.status_code", "error");
     }
     let operation = result
@@ -74,11 +83,28 @@ pub async fn request_span(
         .ok()
         .and_then(|response| response.request().extensions().get::<Operation>().map(|o| o.0.clone()));
     metrics::request_done(
-        operation.as_deref().unwrap_or(operation_default(status.as_u16())),
-        status.as_u16(),
+        operation.as_deref().unwrap_or(operation_default(status)),
+        status,
         started.elapsed().as_secs_f64(),
     );
     result
+}
+
+/// The method, when it is a standard one; any other text a caller sends is not recorded.
+fn known_method(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
 }
 
 fn operation_default(status: u16) -> &'static str {

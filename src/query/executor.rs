@@ -168,13 +168,14 @@ impl Executor {
         {
             return probe.reachability;
         }
-        let reachability = match tokio::time::timeout(PROBE_TIMEOUT, self.runner.ping()).await {
-            Ok(Ok(())) => Reachability::Reachable,
-            Ok(Err(QueryError::NoCredentials)) => Reachability::NoCredentials,
-            Ok(Err(error)) if error.is_login_rejected() => Reachability::LoginRejected,
-            Ok(Err(QueryError::Exception { .. })) => Reachability::Reachable,
-            Ok(Err(_)) | Err(_) => Reachability::Unreachable,
-        };
+        let mut reachability = self.probe_reachability().await;
+        // A refused login on an idle instance after a rotation: what a query would do (read
+        // the vault, retry once) so the report says how queries will fare. The vault read is
+        // shared and spaced like any rejection's, so health checks cannot drive vault reads.
+        if reachability == Reachability::LoginRejected && self.runner.login_rejected(login_generation).await {
+            reachability = self.probe_reachability().await;
+        }
+        let login_generation = self.runner.login_generation();
         *last = Some(HealthProbe {
             at: Instant::now(),
             login_generation,
@@ -311,6 +312,9 @@ impl Executor {
                     tracing::info!(query.id = %call.query_id, "ClickHouse rejected the login; retrying once with the credentials just read");
                     retried = true;
                     pass = self.breaker.pass().map_err(ExecError::CircuitOpen)?;
+                    if pass.is_probe() {
+                        pass = self.probe(pass).await?;
+                    }
                 }
                 result => return result.map(|head| (head, slot)),
             }
@@ -338,6 +342,16 @@ impl Executor {
                 probe.failed();
                 Err(QueryError::Unavailable("no answer to the probe".into()).into())
             }
+        }
+    }
+
+    async fn probe_reachability(&self) -> Reachability {
+        match tokio::time::timeout(PROBE_TIMEOUT, self.runner.ping()).await {
+            Ok(Ok(())) => Reachability::Reachable,
+            Ok(Err(QueryError::NoCredentials)) => Reachability::NoCredentials,
+            Ok(Err(error)) if error.is_login_rejected() => Reachability::LoginRejected,
+            Ok(Err(QueryError::Exception { .. })) => Reachability::Reachable,
+            Ok(Err(_)) | Err(_) => Reachability::Unreachable,
         }
     }
 
@@ -385,7 +399,12 @@ impl Executor {
                 Ok(head) if head.rest.is_none() => {
                     Outcome::Stored(cache.store(key, concat(head.chunks, head.bytes), policy.ttl, policy.stale))
                 }
-                Ok(_) => Outcome::TooLarge,
+                Ok(head) => {
+                    if let Some(mut rest) = head.rest {
+                        rest.abandon("too_large");
+                    }
+                    Outcome::TooLarge
+                }
                 Err(error) => {
                     tracing::warn!(endpoint.name = %endpoint, query.id = %query_id, error = %error, "cache refresh failed; the stale entry keeps serving");
                     Outcome::Failed

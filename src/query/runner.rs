@@ -102,6 +102,15 @@ impl ResultStream {
         next
     }
 
+    /// The rest of the result will not be read, for a reason other than the caller leaving
+    /// (`too_large`: a refresh whose result cannot be cached).
+    pub fn abandon(&mut self, reason: &'static str) {
+        if self.outcome.is_none() {
+            self.span.record("error.type", reason);
+            self.ended(reason, None);
+        }
+    }
+
     fn ended(&mut self, outcome: &'static str, error: Option<&QueryError>) {
         if self.outcome.is_some() {
             return;
@@ -222,7 +231,11 @@ impl QueryRunner {
             return Ok(Arc::clone(clients));
         }
         let clients = Arc::new(self.build_clients(&logins));
-        *self.clients.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&clients));
+        let mut cached = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        // Never over newer ones a concurrent caller has just built.
+        if cached.as_ref().is_none_or(|old| old.generation < clients.generation) {
+            *cached = Some(Arc::clone(&clients));
+        }
         Ok(clients)
     }
 

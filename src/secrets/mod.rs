@@ -13,4 +13,4 @@ mod store;
 pub use key_vault::{CredentialChoice, VaultError, VaultSettings};
 pub use plan::{LoginPlan, PlanError, VaultNames};
 pub use secret::Secret;
-pub use store::{Freshness, Login, Logins, SecretStore};
+pub use store::{Freshness, Login, Logins, SecretSource, SecretStore};

@@ -5,8 +5,8 @@
 //! span per ClickHouse query (Dependencies), continuing the caller's W3C `traceparent`, plus
 //! a few metrics (customMetrics).
 //!
-//! What never leaves the process: tokens, subjects in clear, parameter values, query strings
-//! and headers. Spans carry the endpoint, role, tenant, status and the parameterised SQL.
+//! What never leaves the process: tokens, subjects in clear, parameter values, route values,
+//! query strings and headers. Spans carry the endpoint, route template, role, tenant and status.
 
 mod ingestion;
 pub mod metrics;
@@ -40,28 +40,31 @@ const SERVICE_NAME: &str = "chgate";
 pub struct TelemetrySettings {
     /// `APPLICATIONINSIGHTS_CONNECTION_STRING`; unset turns export off.
     pub connection_string: Option<String>,
-    /// `CHGATE_TELEMETRY_SPAN_DELAY_MS` (default 5000): how often spans are sent.
+    /// `CHGATE_TELEMETRY_SPAN_DELAY_MS` (default 5000, at least 10): how often spans are sent.
     pub span_delay: Duration,
-    /// `CHGATE_TELEMETRY_METRIC_INTERVAL_SECONDS` (default 60): how often metrics are sent.
+    /// `CHGATE_TELEMETRY_METRIC_INTERVAL_SECONDS` (default 60, at least 1): how often
+    /// metrics are sent.
     pub metric_interval: Duration,
 }
 
 impl TelemetrySettings {
-    pub fn from_env() -> Self {
-        let number = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .and_then(|value| value.trim().parse::<u64>().ok())
+    pub fn from_env() -> anyhow::Result<Self> {
+        let number = |name: &str, default: u64, least: u64| -> anyhow::Result<u64> {
+            match std::env::var(name) {
+                Err(_) => Ok(default),
+                Ok(text) => match text.trim().parse::<u64>() {
+                    Ok(value) if value >= least => Ok(value),
+                    _ => anyhow::bail!("{name} must be a whole number of at least {least}, got {text:?}"),
+                },
+            }
         };
-        Self {
+        Ok(Self {
             connection_string: std::env::var("APPLICATIONINSIGHTS_CONNECTION_STRING")
                 .ok()
                 .filter(|value| !value.trim().is_empty()),
-            span_delay: Duration::from_millis(number("CHGATE_TELEMETRY_SPAN_DELAY_MS").unwrap_or(5000).max(10)),
-            metric_interval: Duration::from_secs(
-                number("CHGATE_TELEMETRY_METRIC_INTERVAL_SECONDS").unwrap_or(60).max(1),
-            ),
-        }
+            span_delay: Duration::from_millis(number("CHGATE_TELEMETRY_SPAN_DELAY_MS", 5000, 10)?),
+            metric_interval: Duration::from_secs(number("CHGATE_TELEMETRY_METRIC_INTERVAL_SECONDS", 60, 1)?),
+        })
     }
 }
 

@@ -59,3 +59,15 @@ async fn rejected_credentials_show_as_login_rejected() {
     assert_eq!(body["checks"]["clickhouse"]["status"], "login_rejected");
     assert!(!body.to_string().contains("wrong"));
 }
+
+#[tokio::test]
+async fn health_answers_get_only() {
+    let app = spawn_app().await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/health", app.address))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET");
+}

@@ -14,7 +14,8 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var_os("TEST_LOG").is_some() {
         let settings = chgate::telemetry::TelemetrySettings {
             connection_string: None,
-            ..chgate::telemetry::TelemetrySettings::from_env()
+            span_delay: std::time::Duration::from_secs(5),
+            metric_interval: std::time::Duration::from_secs(60),
         };
         let _ = chgate::telemetry::init(&settings);
     }

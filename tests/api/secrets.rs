@@ -180,7 +180,10 @@ async fn a_rotated_password_keeps_requests_succeeding_with_one_retry_and_no_rest
     let statuses = futures_util::future::join_all((0..8).map(|_| app.get("echo", &[]))).await;
     assert!(statuses.iter().all(|r| r.status() == 200), "{statuses:?}");
     assert_eq!(vault.reads(SECRET), 3, "concurrent rejections share one read");
-    assert!(user.login_failures().await <= 1 + 8);
+    // Each request that met the old password was refused once and retried once: at least
+    // one of the burst, at most all eight (plus the earlier one).
+    let failures = user.login_failures().await;
+    assert!((2..=9).contains(&failures), "{failures} refused logins");
 }
 
 #[tokio::test]

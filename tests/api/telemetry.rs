@@ -90,6 +90,17 @@ async fn requests_and_queries_reach_application_insights_as_one_operation_and_no
     assert_eq!(get("echo?n=5000".into(), 4, "01").await.expect("invalid").status(), 400);
     // Not sampled upstream: recorded all the same (the handler samples nothing away).
     assert_eq!(get("echo".into(), 5, "00").await.expect("unsampled").status(), 200);
+    // A route value and a value in a POST body (outside the trace: other operations).
+    assert_eq!(get("items/977".into(), 6, "01").await.expect("item").status(), 200);
+    let body_marker = format!("body-value-{}", uuid::Uuid::new_v4().simple());
+    let posted = client
+        .post(format!("{address}/api/echo"))
+        .bearer_auth(&token)
+        .json(&json!({ "s": body_marker }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(posted.status(), 200);
 
     // The ClickHouse side of the join: log_comment carries the trace id.
     let sent = String::from_utf8_lossy(&proxy.sent.lock().expect("capture")).into_owned();
@@ -115,7 +126,13 @@ async fn requests_and_queries_reach_application_insights_as_one_operation_and_no
 
     for upload in receiver.uploads() {
         assert_eq!(upload.path_and_query, "/v2/track");
-        for secret in [token.as_str(), subject.as_str(), marker.as_str()] {
+        for secret in [
+            token.as_str(),
+            subject.as_str(),
+            marker.as_str(),
+            body_marker.as_str(),
+            "items/977",
+        ] {
             assert!(!upload.text.contains(secret), "{secret} leaked into {}", upload.text);
             assert!(!upload.headers.iter().any(|(_, value)| value.contains(secret)));
         }
@@ -134,12 +151,17 @@ async fn requests_and_queries_reach_application_insights_as_one_operation_and_no
         .copied()
         .filter(|i| base_type(i) == "RemoteDependencyData")
         .collect();
-    assert_eq!(requests.len(), 5, "{requests:#?}");
+    assert_eq!(requests.len(), 6, "{requests:#?}");
     assert_eq!(
         dependencies.len(),
-        3,
-        "echo, the cache miss and the unsampled echo: {dependencies:#?}"
+        4,
+        "echo, the cache miss, the unsampled echo and the item: {dependencies:#?}"
     );
+    let item = requests
+        .iter()
+        .find(|r| r["tags"]["ai.operation.parentId"] == "00f067aa0ba90206")
+        .expect("the item request");
+    assert_eq!(item["data"]["baseData"]["properties"]["http.route"], "/api/items/{id}");
 
     let echo_request = requests
         .iter()
