@@ -283,13 +283,7 @@ pub fn load(root: &Path, name: &str, route_prefix: &str, rules: &AccessRules) ->
             );
         }
     }
-    let route = match Route::parse(trigger.route.as_deref().unwrap_or(name)) {
-        Ok(route) => Some(route),
-        Err(message) => {
-            problems.add("function.json", None, format!("route: {message}"));
-            None
-        }
-    };
+    let route = route(trigger, name, &mut problems);
     let methods = methods(trigger, &mut problems);
     let auth_level = auth_level(trigger, &mut problems);
     if !has_sql || !has_toml {
@@ -405,13 +399,7 @@ fn load_builtin(
             return Err(problems.found);
         }
     };
-    let route = match Route::parse(trigger.route.as_deref().unwrap_or(name)) {
-        Ok(route) => Some(route),
-        Err(message) => {
-            problems.add("function.json", None, format!("route: {message}"));
-            None
-        }
-    };
+    let route = route(trigger, name, &mut problems);
     let methods = methods(trigger, &mut problems);
     if methods.iter().any(|method| *method != Method::Get) {
         problems.add(
@@ -429,6 +417,17 @@ fn load_builtin(
             description: builtin.description.trim().to_owned(),
         })),
         _ => Err(problems.found),
+    }
+}
+
+/// The trigger's route (the function's name when it gives none).
+fn route(trigger: &BindingJson, name: &str, problems: &mut Problems<'_>) -> Option<Route> {
+    match Route::parse(trigger.route.as_deref().unwrap_or(name)) {
+        Ok(route) => Some(route),
+        Err(message) => {
+            problems.add("function.json", None, format!("route: {message}"));
+            None
+        }
     }
 }
 

@@ -13,12 +13,12 @@
 
 use std::convert::Infallible;
 use std::io::Read;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::stand_in::{json_reply, lock};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -149,7 +149,7 @@ async fn record(uploads: &Mutex<Vec<Upload>>, request: Request<Incoming>) -> Res
     let (parts, body) = request.into_parts();
     let raw_body = match body.collect().await {
         Ok(collected) => collected.to_bytes().to_vec(),
-        Err(_) => return reply(StatusCode::BAD_REQUEST, &json!({"error": "unreadable body"})),
+        Err(_) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": "unreadable body"})),
     };
     let headers: Vec<(String, String)> = parts
         .headers
@@ -175,12 +175,12 @@ async fn record(uploads: &Mutex<Vec<Upload>>, request: Request<Incoming>) -> Res
     if accepted {
         // What the service answers when it accepts every item; the exporter reads only the
         // status, and the counts for partial success (206).
-        reply(
+        json_reply(
             StatusCode::OK,
             &json!({"itemsReceived": count, "itemsAccepted": count, "errors": []}),
         )
     } else {
-        reply(StatusCode::NOT_FOUND, &json!({"error": "not an ingestion path"}))
+        json_reply(StatusCode::NOT_FOUND, &json!({"error": "not an ingestion path"}))
     }
 }
 
@@ -194,19 +194,6 @@ fn body_text(raw: &[u8], gzip: bool) -> String {
         }
     }
     String::from_utf8_lossy(raw).into_owned()
-}
-
-fn reply(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("response")
-}
-
-/// A panicking test must not turn every later use of the stand-in into a second panic.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -20,15 +20,16 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::stand_in::{json_reply, lock};
 use async_trait::async_trait;
 use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
 use azure_core::time::{Duration, OffsetDateTime};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -328,7 +329,7 @@ fn handle(state: &State, request: &Request<Incoming>) -> Response<Full<Bytes>> {
             &format!("A secret with (name/id) {id} was not found in this key vault."),
         );
     };
-    json_response(
+    json_reply(
         StatusCode::OK,
         &json!({
             "value": secret.value,
@@ -359,20 +360,7 @@ fn challenge(message: &str) -> Response<Full<Bytes>> {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json_response(status, &json!({ "error": { "code": code, "message": message } }))
-}
-
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("response")
-}
-
-/// A panicking test must not turn every later use of the stand-in into a second panic.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    json_reply(status, &json!({ "error": { "code": code, "message": message } }))
 }
 
 #[cfg(test)]

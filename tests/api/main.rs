@@ -16,4 +16,5 @@ mod key_vault_stand_in;
 mod sample_data;
 mod secrets;
 mod serving;
+mod stand_in;
 mod telemetry;
