@@ -49,14 +49,23 @@ impl<'p> Caller<'p> {
         }
     }
 
-    /// The permission to run `endpoint`: the first of the endpoint's roles the caller holds,
-    /// and a tenant whenever the endpoint's SQL is filtered by one.
+    /// The grant to call `endpoint`: the endpoint's first role the caller holds, and a
+    /// tenant when its SQL filters by one.
     pub fn grant<'e>(&self, endpoint: &'e Endpoint) -> Result<Grant<'e>, AccessError>
     where
         'p: 'e,
     {
-        let role = endpoint
-            .roles()
+        let who = self.authorize(endpoint.roles(), endpoint.caller_params().contains(&"caller_tenant"))?;
+        Ok(Grant { endpoint, who })
+    }
+
+    /// The caller as one of `roles` (the first of them it holds), with a tenant when
+    /// `needs_tenant`: what any function that checks roles needs.
+    pub fn authorize<'e>(&self, roles: &[String], needs_tenant: bool) -> Result<Who<'e>, AccessError>
+    where
+        'p: 'e,
+    {
+        let role = roles
             .iter()
             .find_map(|name| self.roles.iter().copied().find(|held| &held.name == name))
             .ok_or_else(|| AccessError::RoleNotAllowed {
@@ -69,13 +78,12 @@ impl<'p> Caller<'p> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 },
-                needed: endpoint.roles().join(", "),
+                needed: roles.join(", "),
             })?;
-        if endpoint.caller_params().contains(&"caller_tenant") && self.tenant.is_none() {
+        if needs_tenant && self.tenant.is_none() {
             return Err(AccessError::NoTenant);
         }
-        Ok(Grant {
-            endpoint,
+        Ok(Who {
             role,
             tenant: self.tenant.clone(),
             subject: self.subject.clone(),
@@ -95,40 +103,75 @@ pub fn subject_hash(subject: &str) -> String {
 }
 
 /// Permission for one caller to run one endpoint, with the identity the query carries.
+/// A verified caller acting in one role, for one function.
 #[derive(Debug, Clone)]
-pub struct Grant<'e> {
-    endpoint: &'e Endpoint,
+pub struct Who<'e> {
     role: &'e Role,
     tenant: Option<String>,
     subject: String,
     caller_key: String,
 }
 
+impl<'e> Who<'e> {
+    pub fn role(&self) -> &'e Role {
+        self.role
+    }
+
+    /// The caller's tenant, if its token names one.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// The token's subject (never logged in clear).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Who the caller is across issuers (issuer and subject), for per-caller limits.
+    pub fn caller_key(&self) -> &str {
+        &self.caller_key
+    }
+}
+
+/// Permission for one caller to run one query endpoint: the only way to run a query.
+#[derive(Debug, Clone)]
+pub struct Grant<'e> {
+    endpoint: &'e Endpoint,
+    who: Who<'e>,
+}
+
 impl<'e> Grant<'e> {
     pub fn endpoint(&self) -> &'e Endpoint {
         self.endpoint
     }
+
+    pub fn who(&self) -> &Who<'e> {
+        &self.who
+    }
+
     pub fn role(&self) -> &'e Role {
-        self.role
+        self.who.role
     }
+
     pub fn tenant(&self) -> Option<&str> {
-        self.tenant.as_deref()
+        self.who.tenant()
     }
+
     pub fn subject(&self) -> &str {
-        &self.subject
+        self.who.subject()
     }
-    /// Who the caller is across issuers (issuer and subject), for per-caller limits.
+
     pub fn caller_key(&self) -> &str {
-        &self.caller_key
+        self.who.caller_key()
     }
 
     /// The values of the reserved caller parameters the endpoint's SQL uses.
     pub fn caller_params(&self) -> impl Iterator<Item = (&'static str, &str)> {
         self.endpoint.caller_params().iter().map(|name| {
             let value = match *name {
-                "caller_tenant" => self.tenant.as_deref().unwrap_or_default(),
-                "caller_subject" => self.subject.as_str(),
-                _ => self.role.name.as_str(),
+                "caller_tenant" => self.who.tenant.as_deref().unwrap_or_default(),
+                "caller_subject" => self.who.subject.as_str(),
+                _ => self.who.role.name.as_str(),
             };
             (*name, value)
         })

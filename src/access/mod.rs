@@ -9,6 +9,6 @@ pub mod report;
 pub mod token;
 pub mod verified;
 
-pub use caller::{AccessError, Caller, Grant};
+pub use caller::{AccessError, Caller, Grant, Who};
 pub use policy::{AccessPolicy, Place};
 pub use token::{KeysStatus, TokenError, TokenVerifier, VerifyOptions};

@@ -192,18 +192,19 @@ pub struct Builtin {
 pub enum Loaded {
     Query(Box<Endpoint>),
     Builtin(Builtin),
+    Ingest(Box<super::ingest::IngestEndpoint>),
     /// A function the host serves without this catalog (not an HTTP query endpoint).
     Other,
 }
 
 /// Collects problems for one folder, with paths relative to the catalog root.
-struct Problems<'a> {
+pub(super) struct Problems<'a> {
     folder: &'a str,
     found: Vec<Problem>,
 }
 
 impl Problems<'_> {
-    fn add(&mut self, file: &str, line: Option<usize>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, file: &str, line: Option<usize>, message: impl Into<String>) {
         self.found.push(Problem {
             file: Path::new(self.folder).join(file),
             line,
@@ -271,6 +272,13 @@ pub fn load(root: &Path, name: &str, route_prefix: &str, rules: &AccessRules) ->
         if let Ok(KindToml { kind: Some(kind) }) = toml::from_str::<KindToml>(&text)
             && kind != "query"
         {
+            if kind == "ingest" {
+                let ingest = super::ingest::load_ingest(name, &text, trigger, rules, &mut problems);
+                return match ingest {
+                    Some(ingest) if problems.found.is_empty() => Ok(Loaded::Ingest(Box::new(ingest))),
+                    _ => Err(problems.found),
+                };
+            }
             return load_builtin(name, &text, trigger, problems);
         }
     }
@@ -394,7 +402,7 @@ fn load_builtin(
             problems.add(
                 "endpoint.toml",
                 Some(1),
-                format!("kind {other:?} is not known; use \"query\" (with query.sql) or \"health\""),
+                format!("kind {other:?} is not known; use \"query\" (with query.sql), \"ingest\" or \"health\""),
             );
             return Err(problems.found);
         }
@@ -421,7 +429,7 @@ fn load_builtin(
 }
 
 /// The trigger's route (the function's name when it gives none).
-fn route(trigger: &BindingJson, name: &str, problems: &mut Problems<'_>) -> Option<Route> {
+pub(super) fn route(trigger: &BindingJson, name: &str, problems: &mut Problems<'_>) -> Option<Route> {
     match Route::parse(trigger.route.as_deref().unwrap_or(name)) {
         Ok(route) => Some(route),
         Err(message) => {
@@ -501,7 +509,7 @@ fn check_bindings<'a>(
     Some(trigger)
 }
 
-fn methods(trigger: &BindingJson, problems: &mut Problems<'_>) -> Vec<Method> {
+pub(super) fn methods(trigger: &BindingJson, problems: &mut Problems<'_>) -> Vec<Method> {
     let Some(names) = &trigger.methods else {
         return vec![Method::Get, Method::Post];
     };
@@ -575,7 +583,7 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
         .map(|index| index + 1)
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 

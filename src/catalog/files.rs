@@ -94,3 +94,34 @@ pub struct BuiltinToml {
     pub kind: String,
     pub description: String,
 }
+
+/// endpoint.toml of an ingest endpoint (`kind = "ingest"`): where events go and what they
+/// may hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestToml {
+    pub kind: String,
+    /// One or two sentences for the API's documentation.
+    pub description: String,
+    /// Roles that may send events.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The ClickHouse table (`name` or `database.name`) that receives the rows.
+    pub table: String,
+    /// The column stamped with the caller's tenant. Tenant-scoped tables get the policy's
+    /// tenant column when this is absent.
+    pub tenant_column: Option<String>,
+    #[serde(default)]
+    pub limits: IngestLimitsToml,
+    /// The accepted fields, each like a query parameter: type, constraints, default.
+    #[serde(default)]
+    pub fields: BTreeMap<String, ParamToml>,
+}
+
+/// `[limits]` of an ingest endpoint: the largest batch one request may carry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestLimitsToml {
+    pub max_rows: Option<usize>,
+    pub max_bytes: Option<usize>,
+}

@@ -5,6 +5,7 @@
 pub mod endpoint;
 pub mod files;
 pub mod format;
+pub mod ingest;
 pub mod param;
 pub mod route;
 pub mod sql;
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use endpoint::{Builtin, BuiltinKind, CachePolicy, Endpoint, Method, Problem};
+pub use ingest::IngestEndpoint;
 
 use endpoint::Loaded;
 
@@ -40,6 +42,8 @@ pub struct Catalog {
     endpoints: Vec<Endpoint>,
     /// Functions the handler answers itself (the health report).
     builtins: Vec<Builtin>,
+    /// Endpoints that write events into ClickHouse.
+    ingest: Vec<IngestEndpoint>,
     route_prefix: String,
 }
 
@@ -78,6 +82,7 @@ impl Catalog {
         let mut problems = Vec::new();
         let mut endpoints = Vec::new();
         let mut builtins = Vec::new();
+        let mut ingest = Vec::new();
         let mut names = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(Result::ok)
@@ -111,45 +116,36 @@ impl Catalog {
             match endpoint::load(dir, &name, route_prefix, rules) {
                 Ok(Loaded::Query(endpoint)) => endpoints.push(*endpoint),
                 Ok(Loaded::Builtin(builtin)) => builtins.push(builtin),
+                Ok(Loaded::Ingest(endpoint)) => ingest.push(*endpoint),
                 Ok(Loaded::Other) => {}
                 Err(found) => problems.extend(found),
             }
         }
-        problems.extend(clashes(&endpoints));
-        for (index, builtin) in builtins.iter().enumerate() {
-            for other in &builtins[index + 1..] {
-                if other.route.overlaps(&builtin.route) {
-                    problems.push(Problem {
-                        file: Path::new(&other.name).join("function.json"),
-                        line: None,
-                        message: format!(
-                            "route \"{}\" clashes with the {} function's \"{}\": give one of them another route",
-                            other.route, builtin.name, builtin.route
-                        ),
-                    });
-                }
-            }
-            for endpoint in &endpoints {
-                if endpoint.methods().iter().any(|m| builtin.methods.contains(m))
-                    && endpoint.route().overlaps(&builtin.route)
-                {
-                    problems.push(Problem {
-                        file: Path::new(endpoint.name()).join("function.json"),
-                        line: None,
-                        message: format!(
-                            "route \"{}\" clashes with the {} function's \"{}\": give one of them another route",
-                            endpoint.route(),
-                            builtin.name,
-                            builtin.route
-                        ),
-                    });
-                }
-            }
-        }
+        // Every HTTP function, whatever its kind, in one list: one request must reach one.
+        let routed: Vec<Routed<'_>> = endpoints
+            .iter()
+            .map(|e| Routed {
+                name: e.name(),
+                route: e.route(),
+                methods: e.methods(),
+            })
+            .chain(builtins.iter().map(|b| Routed {
+                name: &b.name,
+                route: &b.route,
+                methods: &b.methods,
+            }))
+            .chain(ingest.iter().map(|i| Routed {
+                name: i.name(),
+                route: i.route(),
+                methods: i.methods(),
+            }))
+            .collect();
+        problems.extend(clashes(&routed));
         if problems.is_empty() {
             Ok(Self {
                 endpoints,
                 builtins,
+                ingest,
                 route_prefix: route_prefix.trim_matches('/').to_owned(),
             })
         } else {
@@ -163,6 +159,17 @@ impl Catalog {
 
     pub fn builtins(&self) -> &[Builtin] {
         &self.builtins
+    }
+
+    pub fn ingest_endpoints(&self) -> &[IngestEndpoint] {
+        &self.ingest
+    }
+
+    /// The ingest endpoint at a path below the route prefix, for this method.
+    pub fn match_ingest(&self, path: &str, method: Method) -> Option<&IngestEndpoint> {
+        self.ingest
+            .iter()
+            .find(|ingest| ingest.methods().contains(&method) && ingest.route().matches(path).is_some())
     }
 
     /// The built-in function at a path below the route prefix, for this method.
@@ -206,12 +213,18 @@ impl Catalog {
             .iter()
             .filter(|builtin| builtin.route.matches(path).is_some())
             .flat_map(|builtin| builtin.methods.iter().copied());
+        let ingest = self
+            .ingest
+            .iter()
+            .filter(|ingest| ingest.route().matches(path).is_some())
+            .flat_map(|ingest| ingest.methods().iter().copied());
         let mut methods: Vec<Method> = self
             .endpoints
             .iter()
             .filter(|endpoint| endpoint.route().matches(path).is_some())
             .flat_map(|endpoint| endpoint.methods().iter().copied())
             .chain(builtins)
+            .chain(ingest)
             .collect();
         methods.sort();
         methods.dedup();
@@ -219,26 +232,33 @@ impl Catalog {
     }
 }
 
-/// Two endpoints clash when one request (path and method) could reach both.
-fn clashes(endpoints: &[Endpoint]) -> Vec<Problem> {
+/// An HTTP function's name, route and methods.
+struct Routed<'a> {
+    name: &'a str,
+    route: &'a route::Route,
+    methods: &'a [Method],
+}
+
+/// Two functions clash when one request (path and method) could reach both.
+fn clashes(functions: &[Routed<'_>]) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for (index, first) in endpoints.iter().enumerate() {
-        for second in &endpoints[index + 1..] {
+    for (index, first) in functions.iter().enumerate() {
+        for second in &functions[index + 1..] {
             let shared: Vec<&str> = first
-                .methods()
+                .methods
                 .iter()
-                .filter(|method| second.methods().contains(method))
+                .filter(|method| second.methods.contains(method))
                 .map(|method| method.as_str())
                 .collect();
-            if !shared.is_empty() && first.route().overlaps(second.route()) {
+            if !shared.is_empty() && first.route.overlaps(second.route) {
                 problems.push(Problem {
-                    file: Path::new(second.name()).join("function.json"),
+                    file: Path::new(second.name).join("function.json"),
                     line: None,
                     message: format!(
                         "route \"{}\" clashes with \"{}\" of function {} for {}: give one of them another route or other methods",
-                        second.route(),
-                        first.route(),
-                        first.name(),
+                        second.route,
+                        first.route,
+                        first.name,
                         shared.join(", ")
                     ),
                 });

@@ -95,7 +95,7 @@ pub async fn start_query(
     span.record("caller.role", grant.role().name.as_str());
     span.record("caller.tenant", grant.tenant().unwrap_or(""));
     span.record("request.id", request_id);
-    let admission = state.executor.admit(&grant).map_err(ApiError::Limited)?;
+    let admission = state.executor.admit(grant.who()).map_err(ApiError::Limited)?;
     let format_param = take_format(&mut request.query_pairs)?;
     let format =
         choose_format(endpoint, format_param.as_deref(), request.accept.as_deref()).map_err(ApiError::NotAcceptable)?;

@@ -14,7 +14,7 @@ use super::cache::{CacheKey, CachedResult, FOLLOW_ATTEMPTS, Join, Lookup, Outcom
 use super::error::QueryError;
 use super::limits::{Admission, Limiter, QuerySlot, Refusal};
 use super::runner::{QueryRunner, ResultStream};
-use crate::access::Grant;
+use crate::access::{Grant, Who};
 use crate::catalog::CachePolicy;
 use crate::catalog::format::OutputFormat;
 
@@ -185,8 +185,8 @@ impl Executor {
     }
 
     /// Admits a request under its caller's and tenant's limits.
-    pub fn admit(&self, grant: &Grant<'_>) -> Result<Admission, Refusal> {
-        self.limiter.admit(grant)
+    pub fn admit(&self, who: &Who<'_>) -> Result<Admission, Refusal> {
+        self.limiter.admit(who)
     }
 
     /// Answers from the cache when the endpoint caches, else runs the query and reads up to

@@ -17,7 +17,7 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::access::limits::{InstanceLimits, KeyLimits, Rate};
-use crate::access::{AccessPolicy, Grant};
+use crate::access::{AccessPolicy, Who};
 
 /// Which key a limit is counted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +226,7 @@ impl Limiter {
     }
 
     /// Admits a request of the granted caller, or says which limit refuses it.
-    pub fn admit(&self, grant: &Grant<'_>) -> Result<Admission, Refusal> {
+    pub fn admit(&self, grant: &Who<'_>) -> Result<Admission, Refusal> {
         self.sweep_now_and_then();
         let mut guards = Vec::new();
         let Some((callers, tenants)) = self.roles.get(&grant.role().name) else {
