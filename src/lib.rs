@@ -5,12 +5,14 @@
 //! - [`settings`]: plain configuration data read from the environment (Azure app settings).
 //! - [`startup`]: turns settings into a running HTTP server bound to the host's port.
 //! - [`http`]: routes, including the Functions host's readiness probe.
+//! - [`ingest`]: events into ClickHouse: checked batches, deduplicated inserts.
 //! - [`secrets`]: ClickHouse credentials from app settings or Key Vault, kept fresh.
 //! - [`telemetry`]: logs, traces and metrics (Application Insights when configured).
 
 pub mod access;
 pub mod catalog;
 pub mod http;
+pub mod ingest;
 pub mod query;
 pub mod secrets;
 pub mod settings;

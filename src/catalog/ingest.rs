@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use super::AccessRules;
 use super::endpoint::{Method, Problems, methods, route};
 use super::files::{BindingJson, IngestToml};
 use super::param::ParamSpec;
 use super::route::Route;
-use super::AccessRules;
 
 /// The most rows one request may carry, whatever endpoint.toml says.
 pub const MAX_ROWS: usize = 100_000;
@@ -94,7 +94,11 @@ pub(super) fn load_ingest(
         problems.add("endpoint.toml", None, "description is empty; say what the events are");
     }
     if toml.roles.is_empty() {
-        problems.add("endpoint.toml", None, "roles is empty; name the roles that may send events");
+        problems.add(
+            "endpoint.toml",
+            None,
+            "roles is empty; name the roles that may send events",
+        );
     }
     for role in &toml.roles {
         if !rules.roles.contains(role) {
@@ -116,7 +120,10 @@ pub(super) fn load_ingest(
         );
     }
     let bare_table = toml.table.rsplit('.').next().unwrap_or_default();
-    let tenant_scoped = rules.tenant_scoped_tables.iter().any(|t| t == bare_table || *t == toml.table);
+    let tenant_scoped = rules
+        .tenant_scoped_tables
+        .iter()
+        .any(|t| t == bare_table || *t == toml.table);
     let tenant_column = match (toml.tenant_column, tenant_scoped) {
         (Some(column), true) if column != rules.tenant_column => {
             problems.add(
@@ -170,7 +177,11 @@ pub(super) fn load_ingest(
     let max_rows = toml.limits.max_rows.unwrap_or(10_000);
     let max_bytes = toml.limits.max_bytes.unwrap_or(4 << 20);
     if !(1..=MAX_ROWS).contains(&max_rows) {
-        problems.add("endpoint.toml", None, format!("limits.max_rows must be 1 to {MAX_ROWS}"));
+        problems.add(
+            "endpoint.toml",
+            None,
+            format!("limits.max_rows must be 1 to {MAX_ROWS}"),
+        );
     }
     if !(1024..=MAX_BYTES).contains(&max_bytes) {
         problems.add(

@@ -3,6 +3,7 @@
 
 pub mod disconnect;
 mod health;
+mod ingest;
 mod invocation;
 mod negotiate;
 pub mod problem;

@@ -87,6 +87,23 @@ pub enum ApiError {
     InvalidTimeout(String),
     #[error("the query failed")]
     QueryFailed,
+    #[error("{total} row(s) are invalid (the first are listed in `errors`); nothing was written")]
+    InvalidRows {
+        total: usize,
+        listed: Vec<crate::ingest::batch::RowProblem>,
+    },
+    #[error("the batch has no rows")]
+    EmptyBatch,
+    #[error("{0}; split the batch")]
+    BatchTooLarge(String),
+    #[error(
+        "row {row} names another tenant than the caller's; the tenant comes from the token, so leave the field out"
+    )]
+    TenantMismatch { row: usize },
+    #[error("Idempotency-Key must be 1 to 128 visible ASCII characters; got {0:?}")]
+    InvalidIdempotencyKey(String),
+    #[error("ClickHouse refused rows the endpoint accepted; the endpoint and its table disagree")]
+    IngestFailed,
     #[error("unexpected error")]
     Internal,
 }
@@ -158,6 +175,12 @@ impl ApiError {
             Self::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             Self::InvalidTimeout(_) => (StatusCode::BAD_REQUEST, "invalid_timeout"),
             Self::QueryFailed => (StatusCode::INTERNAL_SERVER_ERROR, "query_failed"),
+            Self::InvalidRows { .. } => (StatusCode::BAD_REQUEST, "invalid_rows"),
+            Self::EmptyBatch => (StatusCode::BAD_REQUEST, "empty_batch"),
+            Self::BatchTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
+            Self::TenantMismatch { .. } => (StatusCode::FORBIDDEN, "tenant_mismatch"),
+            Self::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            Self::IngestFailed => (StatusCode::INTERNAL_SERVER_ERROR, "ingest_failed"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -279,6 +302,9 @@ impl ApiError {
             "code": code,
             "request_id": request_id,
         });
+        if let Self::InvalidRows { listed, .. } = self {
+            body["errors"] = json!(listed);
+        }
         if let Self::Param(error) = self {
             body["param"] = json!(error.param());
             if let BindError::Invalid(error) = error {
@@ -287,5 +313,18 @@ impl ApiError {
             }
         }
         body
+    }
+}
+
+impl From<crate::ingest::batch::BatchError> for ApiError {
+    fn from(error: crate::ingest::batch::BatchError) -> Self {
+        use crate::ingest::batch::BatchError;
+        match error {
+            BatchError::NotJson(what) => Self::InvalidBody(format!("the body is not {what}")),
+            BatchError::Empty => Self::EmptyBatch,
+            BatchError::TooManyRows { limit } => Self::BatchTooLarge(format!("more than {limit} rows")),
+            BatchError::InvalidRows { total, listed } => Self::InvalidRows { total, listed },
+            BatchError::TenantMismatch { row, .. } => Self::TenantMismatch { row },
+        }
     }
 }

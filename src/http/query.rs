@@ -151,7 +151,7 @@ pub async fn start_query(
 }
 
 /// The request's time budget: ours, or the caller's if shorter.
-fn request_timeout(header: Option<&str>, ours: Duration) -> Result<Duration, ApiError> {
+pub(super) fn request_timeout(header: Option<&str>, ours: Duration) -> Result<Duration, ApiError> {
     let Some(text) = header else {
         return Ok(ours);
     };
@@ -187,7 +187,7 @@ pub async fn read_body(mut payload: Payload, limit: usize) -> Result<Bytes, ApiE
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
-fn bearer_token(authorization: Option<&str>) -> Option<&str> {
+pub(super) fn bearer_token(authorization: Option<&str>) -> Option<&str> {
     let (scheme, token) = authorization?.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
@@ -257,12 +257,6 @@ fn request_values(request: &QueryRequest<'_>) -> Result<RequestValues, ApiError>
 pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppState>) -> HttpResponse {
     let received = Instant::now();
     let request_id = request_id(&request);
-    // A client that stops sending mid-body must not hold its connection and buffer forever.
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(payload, super::MAX_BODY_BYTES)).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(error)) => return error.to_response(&request_id),
-        Err(_) => return ApiError::BodyTimeout(BODY_READ_TIMEOUT).to_response(&request_id),
-    };
     let prefix = state.catalog.route_prefix();
     let path = request.path().trim_start_matches('/');
     let below_prefix = if prefix.is_empty() {
@@ -295,6 +289,16 @@ pub async fn run_query(request: HttpRequest, payload: Payload, state: Data<AppSt
             BuiltinKind::Health => super::health::report(&state).await,
         };
     }
+    if let Some(ingest) = state.catalog.match_ingest(route_path, method) {
+        name_request(&request, ingest.name(), Some(&format!("/{prefix}/{}", ingest.route())));
+        return super::ingest::ingest(&state, &request, payload, ingest, &request_id, received).await;
+    }
+    // A client that stops sending mid-body must not hold its connection and buffer forever.
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(payload, super::MAX_BODY_BYTES)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => return error.to_response(&request_id),
+        Err(_) => return ApiError::BodyTimeout(BODY_READ_TIMEOUT).to_response(&request_id),
+    };
     let (endpoint, route_params) = match state.catalog.match_route(route_path, method) {
         RouteMatch::Found { endpoint, route_params } => (endpoint, route_params),
         RouteMatch::MethodNotAllowed(allowed) => return method_not_allowed(&request, allowed).to_response(&request_id),
@@ -373,7 +377,7 @@ fn method_not_allowed(request: &HttpRequest, allowed: Vec<Method>) -> ApiError {
     }
 }
 
-fn header_text(request: &HttpRequest, name: &str) -> Option<String> {
+pub(super) fn header_text(request: &HttpRequest, name: &str) -> Option<String> {
     request
         .headers()
         .get(name)

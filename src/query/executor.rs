@@ -184,6 +184,11 @@ impl Executor {
         reachability
     }
 
+    /// The ClickHouse client of a role's login, for the ingest writer.
+    pub fn client_for(&self, role: &crate::access::policy::Role) -> Result<(clickhouse::Client, u64), QueryError> {
+        self.runner.client_for(role)
+    }
+
     /// Admits a request under its caller's and tenant's limits.
     pub fn admit(&self, who: &Who<'_>) -> Result<Admission, Refusal> {
         self.limiter.admit(who)

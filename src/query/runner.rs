@@ -269,6 +269,14 @@ impl QueryRunner {
         self.secrets.rejected(generation).await
     }
 
+    /// The client of `role`'s login (the service login when the role has none of its own),
+    /// and the logins' generation, for writers that send their own statements.
+    pub fn client_for(&self, role: &crate::access::policy::Role) -> Result<(Client, u64), QueryError> {
+        let clients = self.clients()?;
+        let client = clients.roles.get(&role.name).unwrap_or(&clients.service).clone();
+        Ok((client, clients.generation))
+    }
+
     /// A trivial query: is ClickHouse answering at all?
     pub async fn ping(&self) -> Result<(), QueryError> {
         let clients = self.clients()?;

@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod host;
 mod hostile;
+mod ingest;
 mod ingestion_stand_in;
 mod key_vault_stand_in;
 mod sample_data;

@@ -1,0 +1,122 @@
+//! Serving an ingest endpoint: who is calling, then the batch (read up to the endpoint's byte
+//! limit, every row checked, the tenant stamped), then one deduplicated insert. 202 means
+//! ClickHouse has acknowledged the rows (an asynchronous insert waited for); nothing of a
+//! refused batch is written.
+
+use std::time::Instant;
+
+use actix_web::http::header;
+use actix_web::web::Payload;
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::problem::ApiError;
+use super::query::{AppState, BODY_READ_TIMEOUT, bearer_token, header_text, read_body, request_timeout};
+use crate::access::{Caller, TokenError};
+use crate::catalog::IngestEndpoint;
+use crate::ingest::batch::{self, Layout};
+use crate::ingest::{dedup_token, idempotency_key, writer};
+use crate::query::QueryError;
+
+pub async fn ingest(
+    state: &AppState,
+    request: &HttpRequest,
+    payload: Payload,
+    endpoint: &IngestEndpoint,
+    request_id: &str,
+    received: Instant,
+) -> HttpResponse {
+    match accept(state, request, payload, endpoint, request_id, received).await {
+        Ok(response) => response,
+        Err(error) => error.to_response(request_id),
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    request: &HttpRequest,
+    payload: Payload,
+    endpoint: &IngestEndpoint,
+    request_id: &str,
+    received: Instant,
+) -> Result<HttpResponse, ApiError> {
+    let timeout = request_timeout(
+        header_text(request, "x-request-timeout").as_deref(),
+        state.request_timeout,
+    )?;
+    let deadline = received + timeout;
+    // Who is calling comes first: a caller without a valid token learns nothing else.
+    let authorization = header_text(request, header::AUTHORIZATION.as_str());
+    let token = bearer_token(authorization.as_deref()).ok_or(TokenError::Missing)?;
+    let claims = state.verifier.verify(token).await?;
+    let caller = Caller::from_claims(&claims, &state.policy);
+    let who = caller.authorize(endpoint.roles(), endpoint.tenant_column().is_some())?;
+    let span = tracing::Span::current();
+    span.record("caller.role", who.role().name.as_str());
+    span.record("caller.tenant", who.tenant().unwrap_or(""));
+    span.record("request.id", request_id);
+    let _admission = state.executor.admit(&who).map_err(ApiError::Limited)?;
+    let key =
+        idempotency_key(header_text(request, "idempotency-key").as_deref()).map_err(ApiError::InvalidIdempotencyKey)?;
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(payload, endpoint.max_bytes())).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(ApiError::BodyTooLarge(limit))) => {
+            return Err(ApiError::BatchTooLarge(format!("the body is over {limit} bytes")));
+        }
+        Ok(Err(error)) => return Err(error),
+        Err(_) => return Err(ApiError::BodyTimeout(BODY_READ_TIMEOUT)),
+    };
+    let layout = Layout::of(header_text(request, header::CONTENT_TYPE.as_str()).as_deref(), &body);
+    let batch = batch::parse(endpoint, who.tenant(), layout, &body)?;
+    // Without the caller's key the batch still gets one, returned, so a retry can reuse it.
+    let batch_id = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let token = dedup_token(endpoint.name(), who.tenant(), &batch_id);
+    let (client, _generation) = state
+        .executor
+        .client_for(who.role())
+        .map_err(|error| query_error(&error))?;
+    let budget = deadline.saturating_duration_since(Instant::now());
+    let written = tokio::time::timeout_at(
+        deadline.into(),
+        writer::insert(&client, endpoint.table(), &batch, &token, budget),
+    )
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(endpoint.name = endpoint.name(), request.id = request_id, error = %error, "ingest failed");
+            return Err(query_error(&error));
+        }
+        Err(_) => return Err(ApiError::DeadlineExceeded(timeout)),
+    }
+    tracing::info!(
+        endpoint.name = endpoint.name(),
+        request.id = request_id,
+        rows = batch.rows,
+        "batch written"
+    );
+    Ok(HttpResponse::Accepted()
+        .insert_header(("X-Request-Id", request_id))
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({
+            "accepted": batch.rows,
+            "batch_id": batch_id,
+            "spooled": false,
+            "request_id": request_id,
+        })))
+}
+
+/// A failed insert: unavailability and refused logins as for queries; anything else means
+/// ClickHouse refused rows the endpoint accepted.
+fn query_error(error: &QueryError) -> ApiError {
+    match error {
+        QueryError::Unavailable(_) => ApiError::Unavailable,
+        QueryError::NoCredentials => ApiError::CredentialsUnavailable,
+        error if error.is_login_rejected() => ApiError::CredentialsRejected,
+        QueryError::Exception {
+            code: 202 | 203 | 209 | 210 | 241 | 242 | 439 | 159 | 160,
+            ..
+        } => ApiError::Unavailable,
+        _ => ApiError::IngestFailed,
+    }
+}

@@ -1,0 +1,218 @@
+//! A request body becomes a batch: JSON (an array of objects, or one object) or NDJSON (one
+//! object per line), every row checked against the endpoint's fields, the caller's tenant
+//! stamped, and the rows written out as JSONEachRow for ClickHouse. All or nothing: one bad
+//! row and the whole batch is refused, with the first bad rows listed.
+
+use serde_json::{Map, Value};
+
+use crate::catalog::IngestEndpoint;
+use crate::catalog::param::RawValue;
+
+/// How many bad rows a refusal lists (the count says how many there were in all).
+pub const LISTED_PROBLEMS: usize = 20;
+
+/// A checked batch, ready to insert.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub rows: usize,
+    /// JSONEachRow: one JSON object per line, the tenant column stamped.
+    pub body: bytes::Bytes,
+}
+
+/// What is wrong with one row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RowProblem {
+    /// The row's position in the request, from 1.
+    pub row: usize,
+    /// The field at fault, if one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    pub problem: String,
+}
+
+/// Why a body is not a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("the body is not {0}")]
+    NotJson(String),
+    #[error("the batch has no rows")]
+    Empty,
+    #[error("the batch has more than {limit} rows; split it")]
+    TooManyRows { limit: usize },
+    #[error("{total} row(s) are invalid; nothing was written")]
+    InvalidRows { total: usize, listed: Vec<RowProblem> },
+    #[error("row {row} names tenant {claimed:?}, but the caller's tenant is {tenant:?}; nothing was written")]
+    TenantMismatch {
+        row: usize,
+        claimed: String,
+        tenant: String,
+    },
+}
+
+/// How the rows are laid out in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A JSON array of objects, or one object.
+    Json,
+    /// One JSON object per line.
+    NdJson,
+}
+
+impl Layout {
+    /// From the `Content-Type` (media type only); without one, from the first byte.
+    pub fn of(content_type: Option<&str>, body: &[u8]) -> Layout {
+        let media = content_type
+            .and_then(|value| value.split(';').next())
+            .map(|media| media.trim().to_ascii_lowercase());
+        match media.as_deref() {
+            Some("application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines") => {
+                Layout::NdJson
+            }
+            Some("application/json") => Layout::Json,
+            _ if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') => Layout::Json,
+            _ => Layout::NdJson,
+        }
+    }
+}
+
+/// Checks every row of `body` and builds the batch; `tenant` is stamped into the endpoint's
+/// tenant column (the caller has one whenever the endpoint has such a column).
+pub fn parse(
+    endpoint: &IngestEndpoint,
+    tenant: Option<&str>,
+    layout: Layout,
+    body: &[u8],
+) -> Result<Batch, BatchError> {
+    let rows = split_rows(layout, body, endpoint.max_rows())?;
+    if rows.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let mut out = Vec::with_capacity(body.len() + rows.len() * 32);
+    let mut listed = Vec::new();
+    let mut total = 0;
+    for (index, row) in rows.iter().enumerate() {
+        match check_row(endpoint, tenant, index + 1, row) {
+            Ok(checked) => {
+                if total == 0 {
+                    serde_json::to_writer(&mut out, &checked).map_err(|e| BatchError::NotJson(e.to_string()))?;
+                    out.push(b'\n');
+                }
+            }
+            Err(RowFailure::Tenant(mismatch)) => return Err(mismatch),
+            Err(RowFailure::Problems(problems)) => {
+                total += 1;
+                let room = LISTED_PROBLEMS.saturating_sub(listed.len());
+                listed.extend(problems.into_iter().take(room));
+            }
+        }
+    }
+    if total > 0 {
+        return Err(BatchError::InvalidRows { total, listed });
+    }
+    Ok(Batch {
+        rows: rows.len(),
+        body: out.into(),
+    })
+}
+
+/// The body's rows, as JSON values, refusing more than `max_rows`.
+fn split_rows(layout: Layout, body: &[u8], max_rows: usize) -> Result<Vec<Value>, BatchError> {
+    let rows = match layout {
+        Layout::Json => match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(rows)) => rows,
+            Ok(object @ Value::Object(_)) => vec![object],
+            Ok(_) => return Err(BatchError::NotJson("a JSON array of objects".into())),
+            Err(error) => return Err(BatchError::NotJson(format!("valid JSON ({error})"))),
+        },
+        Layout::NdJson => {
+            let mut rows = Vec::new();
+            for (number, line) in body.split(|&b| b == b'\n').enumerate() {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                if rows.len() == max_rows {
+                    return Err(BatchError::TooManyRows { limit: max_rows });
+                }
+                let row = serde_json::from_slice::<Value>(line).map_err(|error| {
+                    BatchError::NotJson(format!("NDJSON: line {} is not JSON ({error})", number + 1))
+                })?;
+                rows.push(row);
+            }
+            rows
+        }
+    };
+    if rows.len() > max_rows {
+        return Err(BatchError::TooManyRows { limit: max_rows });
+    }
+    Ok(rows)
+}
+
+enum RowFailure {
+    Tenant(BatchError),
+    Problems(Vec<RowProblem>),
+}
+
+/// One row, checked and typed, with the tenant stamped.
+fn check_row(
+    endpoint: &IngestEndpoint,
+    tenant: Option<&str>,
+    number: usize,
+    row: &Value,
+) -> Result<Map<String, Value>, RowFailure> {
+    let problem = |field: Option<&str>, expected: Option<&str>, problem: String| RowProblem {
+        row: number,
+        field: field.map(str::to_owned),
+        expected: expected.map(str::to_owned),
+        problem,
+    };
+    let Value::Object(object) = row else {
+        return Err(RowFailure::Problems(vec![problem(
+            None,
+            None,
+            "a row must be a JSON object of field names and values".into(),
+        )]));
+    };
+    let mut problems = Vec::new();
+    let tenant_column = endpoint.tenant_column();
+    for (key, value) in object {
+        if Some(key.as_str()) == tenant_column {
+            // The tenant comes from the token; a payload may repeat it, never change it.
+            let claimed = value.as_str().unwrap_or_default();
+            if Some(claimed) != tenant {
+                return Err(RowFailure::Tenant(BatchError::TenantMismatch {
+                    row: number,
+                    claimed: crate::text::shorten(&value.to_string()),
+                    tenant: tenant.unwrap_or_default().to_owned(),
+                }));
+            }
+        } else if !endpoint.fields().contains_key(key) {
+            problems.push(problem(
+                Some(&crate::text::shorten(key)),
+                None,
+                "unknown field; the endpoint takes only its declared fields".into(),
+            ));
+        }
+    }
+    let mut checked = Map::new();
+    for (name, spec) in endpoint.fields() {
+        let parsed = match object.get(name) {
+            Some(value) => spec.parse(RawValue::Json(value)),
+            None => spec.missing(),
+        };
+        match parsed {
+            Ok(value) => {
+                checked.insert(name.clone(), serde_json::to_value(value).unwrap_or(Value::Null));
+            }
+            Err(error) => problems.push(problem(Some(name), Some(error.expected()), error.problem().to_owned())),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(RowFailure::Problems(problems));
+    }
+    if let (Some(column), Some(tenant)) = (tenant_column, tenant) {
+        checked.insert(column.to_owned(), Value::String(tenant.to_owned()));
+    }
+    Ok(checked)
+}
