@@ -42,6 +42,11 @@ struct CatalogArgs {
     /// The access policy.
     #[arg(long, default_value = "access.toml")]
     access_policy: PathBuf,
+    /// Also check every ingest endpoint against its table in ClickHouse (`CLICKHOUSE_URL`,
+    /// `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`, `CLICKHOUSE_DATABASE`): the columns exist and
+    /// the table deduplicates inserts.
+    #[arg(long)]
+    against_clickhouse: bool,
 }
 
 fn main() -> ExitCode {
@@ -91,7 +96,22 @@ fn check(args: &CatalogArgs, report: bool) -> anyhow::Result<ExitCode> {
                     builtin.name, prefix, builtin.route, builtin.kind
                 );
             }
-            println!("{} endpoint(s), no problems", catalog.endpoints().len());
+            for ingest in catalog.ingest_endpoints() {
+                println!(
+                    "ok  {:<24} POST /{}/{} (ingest into {})",
+                    ingest.name(),
+                    prefix,
+                    ingest.route(),
+                    ingest.table()
+                );
+            }
+            if args.against_clickhouse && !check_against_clickhouse(&catalog)? {
+                return Ok(ExitCode::FAILURE);
+            }
+            println!(
+                "{} endpoint(s), no problems",
+                catalog.endpoints().len() + catalog.ingest_endpoints().len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
@@ -99,6 +119,28 @@ fn check(args: &CatalogArgs, report: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Every ingest endpoint against its live table; prints the problems, true when none.
+fn check_against_clickhouse(catalog: &Catalog) -> anyhow::Result<bool> {
+    let settings = Settings::from_env()?.clickhouse;
+    let client = clickhouse::Client::default()
+        .with_url(&settings.url)
+        .with_user(&settings.user)
+        .with_password(settings.password.expose())
+        .with_database(&settings.database);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut fine = true;
+    for endpoint in catalog.ingest_endpoints() {
+        let problems = runtime
+            .block_on(chgate::ingest::schema::check(&client, endpoint))
+            .with_context(|| format!("asking ClickHouse at {} about {}", settings.url, endpoint.table()))?;
+        for problem in &problems {
+            eprintln!("error: {problem}");
+        }
+        fine &= problems.is_empty();
+    }
+    Ok(fine)
 }
 
 fn serve() -> anyhow::Result<ExitCode> {

@@ -78,6 +78,9 @@ impl Application {
         // unreachable issuer means 503s until it answers, not a handler that will not start.
         let prefetch = state.clone();
         tokio::spawn(async move { prefetch.verifier.prefetch().await });
+        // Likewise the ingest tables: checked in the background, logged.
+        let checking = state.clone();
+        tokio::spawn(async move { check_ingest_tables(&checking.catalog, &checking.executor).await });
         let listener = TcpListener::bind(("127.0.0.1", settings.port))
             .with_context(|| format!("binding 127.0.0.1:{}", settings.port))?;
         let port = listener.local_addr()?.port();
@@ -99,6 +102,35 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Checks each ingest endpoint against its table, if ClickHouse answers within a few seconds.
+/// A mismatch is logged, not fatal: the table may be created or migrated after the deploy;
+/// `handler check --against-clickhouse` is the gate that fails.
+async fn check_ingest_tables(catalog: &Catalog, executor: &Executor) {
+    let Ok(client) = executor.service_client() else {
+        return;
+    };
+    for endpoint in catalog.ingest_endpoints() {
+        let check = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            crate::ingest::schema::check(&client, endpoint),
+        );
+        match check.await {
+            Ok(Ok(problems)) => {
+                for problem in problems {
+                    tracing::error!(endpoint.name = endpoint.name(), problem = %problem, "ingest endpoint does not fit its table");
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(endpoint.name = endpoint.name(), error = %error, "could not check the ingest table");
+            }
+            Err(_) => tracing::warn!(
+                endpoint.name = endpoint.name(),
+                "could not check the ingest table in time"
+            ),
+        }
     }
 }
 

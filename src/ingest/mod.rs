@@ -3,6 +3,7 @@
 //! insert ([`writer`]).
 
 pub mod batch;
+pub mod schema;
 pub mod writer;
 
 /// The caller's `Idempotency-Key`, checked: 1 to 128 visible ASCII characters.

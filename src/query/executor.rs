@@ -184,6 +184,11 @@ impl Executor {
         reachability
     }
 
+    /// The ClickHouse client of the service's login.
+    pub fn service_client(&self) -> Result<clickhouse::Client, QueryError> {
+        self.runner.service_client()
+    }
+
     /// The ClickHouse client of a role's login, for the ingest writer.
     pub fn client_for(&self, role: &crate::access::policy::Role) -> Result<(clickhouse::Client, u64), QueryError> {
         self.runner.client_for(role)

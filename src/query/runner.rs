@@ -269,6 +269,11 @@ impl QueryRunner {
         self.secrets.rejected(generation).await
     }
 
+    /// The client of the service's own login.
+    pub fn service_client(&self) -> Result<Client, QueryError> {
+        Ok(self.clients()?.service.clone())
+    }
+
     /// The client of `role`'s login (the service login when the role has none of its own),
     /// and the logins' generation, for writers that send their own statements.
     pub fn client_for(&self, role: &crate::access::policy::Role) -> Result<(Client, u64), QueryError> {

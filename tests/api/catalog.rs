@@ -147,5 +147,5 @@ fn handler_check_exits_non_zero_on_a_broken_catalog_and_zero_on_a_good_one() {
         .output()
         .expect("running handler check");
     assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
-    assert!(String::from_utf8_lossy(&good.stdout).contains("6 endpoint(s), no problems"));
+    assert!(String::from_utf8_lossy(&good.stdout).contains("7 endpoint(s), no problems"));
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, problem, spawn_app};
+use crate::helpers::{TestApp, problem, spawn_app, spawn_app_with, use_shipped_catalog};
 
 /// The fixture endpoint's table, in the test's own database.
 async fn create_clicks(app: &TestApp) {
@@ -236,4 +236,95 @@ async fn limits_and_bad_bodies_are_clear_errors() {
         .expect("post");
     assert_eq!(problem(anonymous, 401).await["code"], "unauthenticated");
     assert!(rows(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_shipped_events_endpoint_stores_page_views_the_query_endpoints_then_read() {
+    let app = spawn_app_with(use_shipped_catalog).await;
+    app.seed_events(0).await;
+    let collector = app.token_for("sdk@acme", json!({"roles": ["Events.Write"], "tid": "acme"}));
+    let session = uuid::Uuid::new_v4().to_string();
+    let views: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({"ts": format!("2026-12-02T08:00:{i:02}Z"), "user_id": 7, "session_id": session,
+                   "path": "/ingested", "country": "DE", "device": "mobile", "revenue": "1.50"})
+        })
+        .collect();
+    let response = app
+        .api_client
+        .post(format!("{}/api/v1/events", app.address))
+        .bearer_auth(&collector)
+        .header("idempotency-key", "sdk-batch-1")
+        .json(&views)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap_or_default());
+    let (count, revenue): (u64, String) = app
+        .database
+        .client()
+        .query("SELECT count(), toString(sum(revenue)) FROM events WHERE tenant_id = 'acme' AND path = '/ingested'")
+        .fetch_one()
+        .await
+        .expect("count");
+    assert_eq!((count, revenue.as_str()), (10, "15"));
+    // A reader role cannot write, and a collector cannot read.
+    let reader = app.analyst_of("acme");
+    let refused = app
+        .api_client
+        .post(format!("{}/api/v1/events", app.address))
+        .bearer_auth(&reader)
+        .json(&views)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(problem(refused, 403).await["code"], "forbidden");
+    let read = app
+        .get_as(
+            &collector,
+            "v1/kpi",
+            &[("from", "2026-12-01T00:00:00Z"), ("to", "2026-12-03T00:00:00Z")],
+        )
+        .await;
+    assert_eq!(problem(read, 403).await["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn handler_check_against_clickhouse_fails_on_a_table_that_does_not_fit() {
+    let app = spawn_app().await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let policy = crate::helpers::fixture_policy(app.issuer.url());
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_handler"))
+            .args(["check", "--against-clickhouse", "--host-json"])
+            .arg(fixtures.join("host.json"))
+            .arg("--access-policy")
+            .arg(&policy)
+            .arg(fixtures.join("endpoints"))
+            .envs(app.database.connection().env())
+            .env("CHGATE_ALLOW_DEV_ISSUERS", "1")
+            .output()
+            .expect("running handler check")
+    };
+    let missing = check();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("table clicks does not exist"));
+    // Without the deduplication window, idempotency keys would be ignored: refused.
+    app.database
+        .client()
+        .query("CREATE TABLE clicks (ts DateTime64(3), tenant_id String, path String, duration_ms UInt32, tags Array(String)) ENGINE = MergeTree ORDER BY ts")
+        .execute()
+        .await
+        .expect("create");
+    let no_dedup = check();
+    assert!(!no_dedup.status.success());
+    assert!(String::from_utf8_lossy(&no_dedup.stderr).contains("non_replicated_deduplication_window"));
+    app.database
+        .client()
+        .query("ALTER TABLE clicks MODIFY SETTING non_replicated_deduplication_window = 100")
+        .execute()
+        .await
+        .expect("alter");
+    let fits = check();
+    assert!(fits.status.success(), "{}", String::from_utf8_lossy(&fits.stderr));
 }

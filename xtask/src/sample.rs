@@ -95,7 +95,8 @@ pub fn events_ddl(table: &str) -> String {
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(ts)
-ORDER BY (tenant_id, ts, path)"
+ORDER BY (tenant_id, ts, path)
+SETTINGS non_replicated_deduplication_window = 1000"
     )
 }
 
