@@ -1,10 +1,12 @@
 //! Developer tasks for chgate, and the pieces the test suite shares with them: how to reach
 //! ClickHouse, the local ClickHouse server, and the sample analytics data.
 
+pub mod azurite;
 pub mod bench;
 pub mod connection;
 pub mod dev_issuer;
 pub mod local_clickhouse;
+pub mod npm;
 pub mod oidc_provider;
 pub mod process;
 pub mod sample;

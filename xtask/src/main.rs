@@ -299,16 +299,31 @@ async fn run_tests(connection: &Connection, args: &[String]) -> anyhow::Result<E
     // A certified OpenID provider for the interop tests.
     let provider = OidcProvider::start(&oidc_provider::test_clients()).await?;
     println!("OpenID provider at {}", provider.issuer());
+    // Azure Storage for the ingest spool.
+    let azurite = match xtask::azurite::Azurite::start().await {
+        Ok(azurite) => azurite,
+        Err(error) => {
+            provider.stop().await?;
+            return Err(error);
+        }
+    };
+    println!(
+        "Azurite at {} (blob), {} (queue)",
+        azurite.blob_endpoint(),
+        azurite.queue_endpoint()
+    );
     let status = Command::new(env!("CARGO"))
         .current_dir(repo_root())
         .args(["test", "--workspace"])
         .args(args)
         .envs(connection.env())
         .envs(provider.env())
+        .envs(azurite.env())
         .status()
         .await
         .context("running cargo test");
     provider.stop().await?;
+    azurite.stop().await?;
     Ok(if status?.success() {
         ExitCode::SUCCESS
     } else {

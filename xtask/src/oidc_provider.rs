@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::npm::find_on_path;
 use crate::process::{is_alive, log_tail};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
@@ -296,44 +297,14 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// Runs `npm ci` into `.local/oidc` on first use and whenever the package files change (the
-/// stamp holds the package.json and package-lock.json the installation was made from).
 fn ensure_installed(root: &Path) -> anyhow::Result<()> {
-    let dir = state_dir(root);
-    let package =
-        fs::read_to_string(root.join("xtask/oidc/package.json")).context("reading xtask/oidc/package.json")?;
-    let lock = fs::read_to_string(root.join("xtask/oidc/package-lock.json"))
-        .context("reading xtask/oidc/package-lock.json")?;
-    let wanted = format!("{package}\n{lock}");
-    let stamp = dir.join(".chgate-installed");
-    if fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
-        && dir.join("node_modules/oidc-provider/package.json").exists()
-    {
-        return Ok(());
-    }
-    let npm = find_on_path("npm").context(
-        "`npm` is not on PATH: installing the test OpenID provider (oidc-provider) needs npm \
-         (on Debian: apt-get install npm)",
-    )?;
-    eprintln!("Installing the OpenID provider (oidc-provider) into {}", dir.display());
-    fs::create_dir_all(&dir)?;
-    let _ = fs::remove_file(&stamp);
-    fs::write(dir.join("package.json"), &package)?;
-    fs::write(dir.join("package-lock.json"), &lock)?;
-    let status = Command::new(&npm)
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("running {} ci", npm.display()))?;
-    if !status.success() {
-        bail!(
-            "`npm ci` in {} failed with {status} (installing oidc-provider from the npm registry)",
-            dir.display()
-        );
-    }
-    fs::write(stamp, wanted)?;
-    Ok(())
+    crate::npm::ensure_installed(
+        root,
+        "oidc",
+        "node_modules/oidc-provider/package.json",
+        "the OpenID provider (oidc-provider)",
+    )
+    .map(|_| ())
 }
 
 /// Fails clearly on a Node.js too old for oidc-provider 9 (which uses `URL.parse`, new in
@@ -361,16 +332,6 @@ fn parse_node_version(version: &str) -> Option<(u32, u32)> {
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))
-}
-
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            fs::metadata(candidate).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// Stops a provider an earlier run of this checkout left behind (its pid file names a live
