@@ -40,6 +40,8 @@ pub struct Settings {
     pub serving: ServingSettings,
     /// Where ClickHouse credentials come from: app settings, or Key Vault.
     pub secrets: SecretsSettings,
+    /// Where ingest batches wait when ClickHouse cannot take them (unset: no spool, 503).
+    pub spool: Option<crate::ingest::spool::SpoolSettings>,
 }
 
 /// Where ClickHouse credentials come from and how often they are re-read.
@@ -128,6 +130,62 @@ pub enum SettingsError {
         allowed: &'static str,
         value: String,
     },
+}
+
+/// The spool, from the same app settings the Functions host's queue trigger reads for the
+/// connection `CHGATE_SPOOL`: identity-based (`CHGATE_SPOOL__queueServiceUri`,
+/// `CHGATE_SPOOL__blobServiceUri`, `CHGATE_SPOOL__clientId`), or a connection string in
+/// `CHGATE_SPOOL` with `QueueEndpoint`, `BlobEndpoint` and `SharedAccessSignature` (the Rust
+/// SDK has no account-key authentication). `CHGATE_SPOOL_QUEUE` names the queue
+/// (`chgate-spool`, as functions/ingest_replay/function.json says).
+fn spool_from_env() -> Result<Option<crate::ingest::spool::SpoolSettings>, SettingsError> {
+    let set = |name: &str| env::var(name).ok().filter(|value| !value.trim().is_empty());
+    let name = set("CHGATE_SPOOL_QUEUE").unwrap_or_else(|| "chgate-spool".to_owned());
+    let in_azure = set("WEBSITE_SITE_NAME").is_some() || set("IDENTITY_ENDPOINT").is_some();
+    let credential = if in_azure {
+        CredentialChoice::ManagedIdentity {
+            client_id: set("CHGATE_SPOOL__clientId").or_else(|| set("AZURE_CLIENT_ID")),
+        }
+    } else {
+        CredentialChoice::DeveloperTools
+    };
+    if let Some(queue_service) = set("CHGATE_SPOOL__queueServiceUri") {
+        return Ok(Some(crate::ingest::spool::SpoolSettings {
+            blob_service: set("CHGATE_SPOOL__blobServiceUri")
+                .unwrap_or_else(|| queue_service.replace(".queue.", ".blob.")),
+            queue_service,
+            name,
+            sas: None,
+            credential,
+        }));
+    }
+    let Some(connection) = set("CHGATE_SPOOL") else {
+        return Ok(None);
+    };
+    let field = |key: &str| {
+        connection.split(';').find_map(|part| {
+            let (k, v) = part.split_once('=')?;
+            k.trim().eq_ignore_ascii_case(key).then(|| v.trim().to_owned())
+        })
+    };
+    let invalid = |why: &str| SettingsError::InvalidChoice {
+        name: "CHGATE_SPOOL",
+        allowed: "a connection string with QueueEndpoint, BlobEndpoint and SharedAccessSignature",
+        value: why.to_owned(),
+    };
+    let (Some(queue_service), Some(blob_service)) = (field("QueueEndpoint"), field("BlobEndpoint")) else {
+        return Err(invalid("no QueueEndpoint and BlobEndpoint"));
+    };
+    let Some(sas) = field("SharedAccessSignature") else {
+        return Err(invalid("no SharedAccessSignature (account keys are not supported)"));
+    };
+    Ok(Some(crate::ingest::spool::SpoolSettings {
+        queue_service,
+        blob_service,
+        name,
+        sas: Some(sas),
+        credential,
+    }))
 }
 
 /// The least time between scheduled vault reads.
@@ -294,6 +352,7 @@ impl Settings {
                 database: var("CLICKHOUSE_DATABASE", "default"),
             },
             secrets: secrets_from_env(seconds("CHGATE_SECRETS_REFRESH_SECONDS", 300)?)?,
+            spool: spool_from_env()?,
         })
     }
 }

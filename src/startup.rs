@@ -65,7 +65,12 @@ impl Application {
             ResultCache::new(serving.cache_max_bytes, serving.cache_max_entry_bytes),
             deployment_version(&settings.functions_dir, &settings.access_policy),
         );
+        let spool = match &settings.spool {
+            Some(spool) => Some(crate::ingest::spool::Spool::new(spool).context("setting up the ingest spool")?),
+            None => None,
+        };
         let state = web::Data::new(AppState {
+            spool,
             catalog,
             executor,
             response_buffer_bytes: settings.response_buffer_bytes,

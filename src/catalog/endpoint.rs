@@ -187,12 +187,24 @@ pub struct Builtin {
     pub description: String,
 }
 
+/// A queue-triggered function that replays spooled ingest batches (`kind = "spool_replay"`):
+/// the host invokes it with each message of the spool queue.
+#[derive(Debug, Clone)]
+pub struct ReplayFunction {
+    pub name: String,
+    /// The queueTrigger binding's name: the key of the message in the payload's `Data`.
+    pub binding: String,
+    /// The queue it reads (as function.json names it; an app setting reference stays as is).
+    pub queue: String,
+}
+
 /// What a function folder turned out to be.
 #[derive(Debug)]
 pub enum Loaded {
     Query(Box<Endpoint>),
     Builtin(Builtin),
     Ingest(Box<super::ingest::IngestEndpoint>),
+    Replay(ReplayFunction),
     /// A function the host serves without this catalog (not an HTTP query endpoint).
     Other,
 }
@@ -256,6 +268,29 @@ pub fn load(root: &Path, name: &str, route_prefix: &str, rules: &AccessRules) ->
     let Some(function_json) = function_json else {
         return Err(problems.found);
     };
+    if let Some(queue) = function_json
+        .bindings
+        .iter()
+        .find(|binding| binding.kind.eq_ignore_ascii_case("queueTrigger"))
+        && has_toml
+        && !has_sql
+    {
+        let text = read(&dir.join("endpoint.toml")).unwrap_or_default();
+        if let Ok(KindToml { kind: Some(kind) }) = toml::from_str::<KindToml>(&text)
+            && kind == "spool_replay"
+        {
+            return if queue.name.is_empty() {
+                problems.add("function.json", None, "the queueTrigger binding needs a \"name\"");
+                Err(problems.found)
+            } else {
+                Ok(Loaded::Replay(ReplayFunction {
+                    name: name.to_owned(),
+                    binding: queue.name.clone(),
+                    queue: queue.queue_name.clone().unwrap_or_default(),
+                }))
+            };
+        }
+    }
     let trigger = check_bindings(&function_json.bindings, has_sql || has_toml, &mut problems);
     let Some(trigger) = trigger else {
         return if problems.found.is_empty() {

@@ -34,6 +34,8 @@ pub struct BindingJson {
     pub methods: Option<Vec<String>>,
     /// Route template; the host's default is the function name.
     pub route: Option<String>,
+    /// A queue trigger's queue.
+    pub queue_name: Option<String>,
 }
 
 /// `endpoint.toml`: what the endpoint is and the rules for its parameters and results.

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 
-pub use endpoint::{Builtin, BuiltinKind, CachePolicy, Endpoint, Method, Problem};
+pub use endpoint::{Builtin, BuiltinKind, CachePolicy, Endpoint, Method, Problem, ReplayFunction};
 pub use ingest::IngestEndpoint;
 
 use endpoint::Loaded;
@@ -44,6 +44,8 @@ pub struct Catalog {
     builtins: Vec<Builtin>,
     /// Endpoints that write events into ClickHouse.
     ingest: Vec<IngestEndpoint>,
+    /// Queue-triggered functions replaying spooled batches.
+    replays: Vec<ReplayFunction>,
     route_prefix: String,
 }
 
@@ -83,6 +85,7 @@ impl Catalog {
         let mut endpoints = Vec::new();
         let mut builtins = Vec::new();
         let mut ingest = Vec::new();
+        let mut replays = Vec::new();
         let mut names = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(Result::ok)
@@ -117,6 +120,7 @@ impl Catalog {
                 Ok(Loaded::Query(endpoint)) => endpoints.push(*endpoint),
                 Ok(Loaded::Builtin(builtin)) => builtins.push(builtin),
                 Ok(Loaded::Ingest(endpoint)) => ingest.push(*endpoint),
+                Ok(Loaded::Replay(function)) => replays.push(function),
                 Ok(Loaded::Other) => {}
                 Err(found) => problems.extend(found),
             }
@@ -146,6 +150,7 @@ impl Catalog {
                 endpoints,
                 builtins,
                 ingest,
+                replays,
                 route_prefix: route_prefix.trim_matches('/').to_owned(),
             })
         } else {
@@ -159,6 +164,11 @@ impl Catalog {
 
     pub fn builtins(&self) -> &[Builtin] {
         &self.builtins
+    }
+
+    /// The spool replay function of this name, if there is one.
+    pub fn replay_by_name(&self, name: &str) -> Option<&ReplayFunction> {
+        self.replays.iter().find(|replay| replay.name == name)
     }
 
     pub fn ingest_endpoints(&self) -> &[IngestEndpoint] {

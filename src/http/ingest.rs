@@ -3,7 +3,7 @@
 //! ClickHouse has acknowledged the rows (an asynchronous insert waited for); nothing of a
 //! refused batch is written.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::web::Payload;
@@ -12,9 +12,10 @@ use serde_json::json;
 
 use super::problem::ApiError;
 use super::query::{AppState, BODY_READ_TIMEOUT, bearer_token, header_text, read_body, request_timeout};
-use crate::access::{Caller, TokenError};
+use crate::access::{Caller, TokenError, Who};
 use crate::catalog::IngestEndpoint;
-use crate::ingest::batch::{self, Layout};
+use crate::ingest::batch::{self, Batch, Layout};
+use crate::ingest::spool::SpooledBatch;
 use crate::ingest::{dedup_token, idempotency_key, writer};
 use crate::query::QueryError;
 
@@ -71,29 +72,45 @@ async fn accept(
     // Without the caller's key the batch still gets one, returned, so a retry can reuse it.
     let batch_id = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let token = dedup_token(endpoint.name(), who.tenant(), &batch_id);
-    let (client, _generation) = state
-        .executor
-        .client_for(who.role())
-        .map_err(|error| query_error(&error))?;
-    let budget = deadline.saturating_duration_since(Instant::now());
-    let written = tokio::time::timeout_at(
-        deadline.into(),
-        writer::insert(&client, endpoint.table(), &batch, &token, budget),
-    )
-    .await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
+    let written = if state.executor.circuit_open() {
+        // ClickHouse failed repeatedly just now: straight to the spool.
+        Err(QueryError::Unavailable("circuit open".into()))
+    } else {
+        write(state, &who, endpoint, &batch, &token, deadline).await
+    };
+    let spooled = match written {
+        Ok(()) => false,
+        Err(error) if is_transient(&error) => {
+            let Some(spool) = &state.spool else {
+                return Err(query_error(&error));
+            };
+            tracing::warn!(endpoint.name = endpoint.name(), request.id = request_id, error = %error, "ClickHouse cannot take the batch; spooling it");
+            let spooled = SpooledBatch {
+                v: 1,
+                endpoint: endpoint.name().to_owned(),
+                batch_id: batch_id.clone(),
+                token: token.clone(),
+                rows: batch.rows,
+                body: None,
+                blob: None,
+            };
+            if let Err(spool_error) = spool.put(spooled, &batch.body).await {
+                tracing::error!(endpoint.name = endpoint.name(), request.id = request_id, error = %spool_error, "the spool refused the batch too");
+                return Err(ApiError::IngestUnavailable);
+            }
+            true
+        }
+        Err(error) => {
             tracing::warn!(endpoint.name = endpoint.name(), request.id = request_id, error = %error, "ingest failed");
             return Err(query_error(&error));
         }
-        Err(_) => return Err(ApiError::DeadlineExceeded(timeout)),
-    }
+    };
     tracing::info!(
         endpoint.name = endpoint.name(),
         request.id = request_id,
         rows = batch.rows,
-        "batch written"
+        spooled,
+        "batch accepted"
     );
     Ok(HttpResponse::Accepted()
         .insert_header(("X-Request-Id", request_id))
@@ -101,9 +118,46 @@ async fn accept(
         .json(json!({
             "accepted": batch.rows,
             "batch_id": batch_id,
-            "spooled": false,
+            "spooled": spooled,
             "request_id": request_id,
         })))
+}
+
+/// What an insert may take: the request's time left, less what the spool may need, and at
+/// most half a minute (a longer wait is better spent spooling).
+const SPOOL_RESERVE: Duration = Duration::from_secs(10);
+const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn write(
+    state: &AppState,
+    who: &Who<'_>,
+    endpoint: &IngestEndpoint,
+    batch: &Batch,
+    token: &str,
+    deadline: Instant,
+) -> Result<(), QueryError> {
+    let (client, _generation) = state.executor.client_for(who.role())?;
+    let budget = deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(SPOOL_RESERVE)
+        .clamp(Duration::from_secs(1), INSERT_TIMEOUT);
+    match tokio::time::timeout(budget, writer::insert(&client, endpoint.table(), batch, token, budget)).await {
+        Ok(result) => result,
+        // The insert may have reached ClickHouse; the spool's replay uses the same token.
+        Err(_) => Err(QueryError::Unavailable(format!("no answer within {budget:?}"))),
+    }
+}
+
+/// Failures worth spooling for: ClickHouse unreachable, overloaded, out of time, or without
+/// credentials for now. Anything else would fail again on replay.
+fn is_transient(error: &QueryError) -> bool {
+    match error {
+        QueryError::Unavailable(_) | QueryError::NoCredentials => true,
+        QueryError::Exception { code, .. } => {
+            matches!(code, 202 | 203 | 209 | 210 | 241 | 242 | 439 | 159 | 160 | 252) || error.is_login_rejected()
+        }
+        QueryError::Other(_) => error.is_login_rejected(),
+    }
 }
 
 /// A failed insert: unavailability and refused logins as for queries; anything else means

@@ -64,6 +64,9 @@ pub async fn invoke_function(
     state: Data<AppState>,
 ) -> HttpResponse {
     let received = std::time::Instant::now();
+    if let Some(replay) = state.catalog.replay_by_name(&function) {
+        return replay_spooled(&state, &replay.binding, payload).await;
+    }
     let Some(endpoint) = state.catalog.by_function_name(&function) else {
         return HttpResponse::NotFound().json(json!({"error": format!("no function named {:?}", shorten(&function))}));
     };
@@ -244,5 +247,37 @@ fn body_bytes(body: Option<&Value>) -> Bytes {
         None | Some(Value::Null) => Bytes::new(),
         Some(Value::String(text)) => Bytes::from(text.clone()),
         Some(other) => Bytes::from(other.to_string()),
+    }
+}
+
+/// A spool queue message from the host's queue trigger: replayed into ClickHouse. 200 when the
+/// rows are in (the host deletes the message); any failure answers 500, so the host makes the
+/// message visible again and, after `maxDequeueCount` attempts, moves it to the poison queue.
+async fn replay_spooled(state: &AppState, binding: &str, payload: Payload) -> HttpResponse {
+    let outcome = async {
+        let body = read_body(payload, MAX_BODY_BYTES).await.map_err(|error| error.to_string())?;
+        let invocation: Value =
+            serde_json::from_slice(&body).map_err(|_| "the invocation payload is not JSON".to_owned())?;
+        let dequeue_count = invocation["Metadata"]["DequeueCount"].as_u64().unwrap_or(0);
+        let batch = crate::ingest::replay::from_invocation(&invocation, binding)?;
+        let spool = state
+            .spool
+            .as_ref()
+            .ok_or_else(|| "no spool is configured (CHGATE_SPOOL_QUEUE_SERVICE_URI)".to_owned())?;
+        let client = state.executor.service_client().map_err(|error| error.to_string())?;
+        crate::ingest::replay::replay(&state.catalog, &client, spool, &batch)
+            .await
+            .map_err(|error| error.to_string())?;
+        tracing::info!(endpoint.name = %batch.endpoint, batch.id = %batch.batch_id, rows = batch.rows, dequeue_count, "spooled batch replayed");
+        Ok::<String, String>(format!("replayed batch {} ({} rows)", batch.batch_id, batch.rows))
+    }
+    .await;
+    match outcome {
+        Ok(log) => HttpResponse::Ok().json(json!({ "Outputs": {}, "Logs": [log], "ReturnValue": Value::Null })),
+        Err(error) => {
+            tracing::warn!(error = %error, "replaying a spooled batch failed; the host will retry it");
+            HttpResponse::InternalServerError()
+                .json(json!({ "Outputs": {}, "Logs": [format!("replay failed: {error}")], "ReturnValue": Value::Null }))
+        }
     }
 }

@@ -104,6 +104,8 @@ pub enum ApiError {
     InvalidIdempotencyKey(String),
     #[error("ClickHouse refused rows the endpoint accepted; the endpoint and its table disagree")]
     IngestFailed,
+    #[error("neither ClickHouse nor the spool could take the batch; nothing was accepted, send it again later")]
+    IngestUnavailable,
     #[error("unexpected error")]
     Internal,
 }
@@ -181,6 +183,7 @@ impl ApiError {
             Self::TenantMismatch { .. } => (StatusCode::FORBIDDEN, "tenant_mismatch"),
             Self::InvalidIdempotencyKey(_) => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
             Self::IngestFailed => (StatusCode::INTERNAL_SERVER_ERROR, "ingest_failed"),
+            Self::IngestUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ingest_unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub policy: AccessPolicy,
     pub verifier: TokenVerifier,
     pub executor: Executor,
+    /// Where ingest batches wait when ClickHouse cannot take them.
+    pub spool: Option<crate::ingest::spool::Spool>,
     /// The ClickHouse credentials (for the health report; the executor's runner holds them too).
     pub secrets: std::sync::Arc<crate::secrets::SecretStore>,
     /// Result bytes held back before the status is committed (see ARCHITECTURE.md, "No error

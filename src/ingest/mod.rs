@@ -3,7 +3,9 @@
 //! insert ([`writer`]).
 
 pub mod batch;
+pub mod replay;
 pub mod schema;
+pub mod spool;
 pub mod writer;
 
 /// The caller's `Idempotency-Key`, checked: 1 to 128 visible ASCII characters.

@@ -184,6 +184,11 @@ impl Executor {
         reachability
     }
 
+    /// Whether the circuit breaker is refusing queries now.
+    pub fn circuit_open(&self) -> bool {
+        self.breaker.open_for().is_some()
+    }
+
     /// The ClickHouse client of the service's login.
     pub fn service_client(&self) -> Result<clickhouse::Client, QueryError> {
         self.runner.service_client()

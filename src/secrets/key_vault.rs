@@ -168,7 +168,7 @@ impl VaultReader {
     }
 }
 
-fn credential(choice: &CredentialChoice) -> anyhow::Result<Arc<dyn TokenCredential>> {
+pub(crate) fn credential(choice: &CredentialChoice) -> anyhow::Result<Arc<dyn TokenCredential>> {
     Ok(match choice {
         CredentialChoice::ManagedIdentity { client_id } => {
             let options = ManagedIdentityCredentialOptions {

@@ -154,6 +154,7 @@ pub async fn spawn_app_with(customise: impl FnOnce(&mut Settings)) -> TestApp {
         },
         serving: chgate::settings::ServingSettings::default(),
         secrets: chgate::settings::SecretsSettings::default(),
+        spool: None,
     };
     customise(&mut settings);
     let application = Application::build(settings).await.expect("building the application");

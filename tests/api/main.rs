@@ -17,5 +17,6 @@ mod key_vault_stand_in;
 mod sample_data;
 mod secrets;
 mod serving;
+mod spool;
 mod stand_in;
 mod telemetry;

@@ -1,0 +1,238 @@
+//! The ingest spool against Azurite (the local Azure Storage emulator, run by `cargo xtask
+//! test`) and the real local ClickHouse. The Functions host cannot run here: the tests act as
+//! the host's queue trigger, taking each message and posting the invocation payload the host
+//! would send, and moving a message to the poison queue after `maxDequeueCount` failures as
+//! the host does.
+
+use std::time::Duration;
+
+use base64::Engine;
+use chgate::ingest::spool::{Spool, SpoolSettings};
+use chgate::secrets::CredentialChoice;
+use serde_json::{Value, json};
+
+use crate::helpers::{TcpProxy, TestApp, connection, problem, spawn_app_with};
+
+/// An account SAS for Azurite's well-known account (version 2025-11-05 signs an empty
+/// encryption-scope line too).
+fn account_sas() -> String {
+    let (sv, ss, srt, sp, se) = ("2025-11-05", "bq", "sco", "rwdlacup", "2099-01-01T00:00:00Z");
+    let to_sign = format!("{}\n{sp}\n{ss}\n{srt}\n\n{se}\n\n\n{sv}\n\n", xtask::azurite::ACCOUNT);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(xtask::azurite::account_key())
+        .expect("key");
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
+    let signature = base64::engine::general_purpose::STANDARD.encode(aws_lc_rs::hmac::sign(&key, to_sign.as_bytes()));
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("sv", sv),
+            ("ss", ss),
+            ("srt", srt),
+            ("sp", sp),
+            ("se", se),
+            ("sig", &signature),
+        ])
+        .finish()
+}
+
+/// A spool of the test's own (its own queue and container) on Azurite; `None` when the suite
+/// runs without Azurite.
+fn spool_settings() -> Option<SpoolSettings> {
+    let queue_service = std::env::var("CHGATE_TEST_AZURITE_QUEUE").ok()?;
+    let blob_service = std::env::var("CHGATE_TEST_AZURITE_BLOB").ok()?;
+    Some(SpoolSettings {
+        queue_service,
+        blob_service,
+        name: format!("spool-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        sas: Some(account_sas()),
+        credential: CredentialChoice::DeveloperTools,
+    })
+}
+
+async fn create_clicks(app: &TestApp) {
+    app.database
+        .client()
+        .query(
+            "CREATE TABLE clicks (ts DateTime64(3), tenant_id String, path String, duration_ms UInt32, \
+             tags Array(String)) ENGINE = MergeTree ORDER BY (tenant_id, ts) \
+             SETTINGS non_replicated_deduplication_window = 1000",
+        )
+        .execute()
+        .await
+        .expect("creating clicks");
+}
+
+async fn count(app: &TestApp) -> u64 {
+    app.database
+        .client()
+        .query("SELECT count() FROM clicks")
+        .fetch_one()
+        .await
+        .expect("count")
+}
+
+fn batch(prefix: &str, rows: usize, padding: usize) -> Value {
+    json!(
+        (0..rows)
+            .map(|i| json!({"ts": "2026-12-01T10:00:00Z", "path": format!("/{prefix}/{i}/{}", "p".repeat(padding))}))
+            .collect::<Vec<_>>()
+    )
+}
+
+async fn post(app: &TestApp, body: &Value, key: &str) -> reqwest::Response {
+    app.api_client
+        .post(format!("{}/api/ingest/clicks", app.address))
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("post")
+}
+
+/// Acting as the host's queue trigger: takes each message, invokes the replay function, and
+/// deletes the message on 200; after `max_dequeue` failures of one message it moves it to the
+/// poison queue. Returns the number of successful invocations.
+async fn act_as_queue_trigger(app: &TestApp, spool: &Spool, settings: &SpoolSettings, max_dequeue: i64) -> usize {
+    let mut replayed = 0;
+    for _round in 0..(max_dequeue + 2) {
+        let taken = spool.take(32, Duration::from_secs(1)).await.expect("receive");
+        if taken.is_empty() {
+            let (depth, _) = spool.depth().await.expect("depth");
+            if depth == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            continue;
+        }
+        for message in taken {
+            let batch = message.batch.as_ref().expect("a spooled batch");
+            // The host hands the message text over JSON-encoded once more.
+            let text = serde_json::to_string(batch).expect("json");
+            let payload = json!({
+                "Data": { "batch": serde_json::to_string(&text).expect("json") },
+                "Metadata": { "DequeueCount": message.dequeue_count, "Id": message.id, "sys": { "MethodName": "ingest_replay" } },
+            });
+            let response = reqwest::Client::new()
+                .post(format!("{}/ingest_replay", app.address))
+                .json(&payload)
+                .send()
+                .await
+                .expect("invoke");
+            if response.status() == 200 {
+                spool.delete(&message).await.expect("delete");
+                replayed += 1;
+            } else if message.dequeue_count >= max_dequeue {
+                move_to_poison(settings, &text).await;
+                spool.delete(&message).await.expect("delete");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    replayed
+}
+
+async fn move_to_poison(settings: &SpoolSettings, text: &str) {
+    let url = format!(
+        "{}/{}-poison/messages?{}",
+        settings.queue_service,
+        settings.name,
+        settings.sas.as_deref().unwrap_or_default()
+    );
+    let body = format!(
+        "<QueueMessage><MessageText>{}</MessageText></QueueMessage>",
+        base64::engine::general_purpose::STANDARD.encode(text)
+    );
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("x-ms-version", "2025-11-05")
+        .body(body)
+        .send()
+        .await
+        .expect("poison");
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+#[tokio::test]
+async fn with_clickhouse_down_batches_are_spooled_and_replayed_exactly_once() {
+    let Some(settings) = spool_settings() else {
+        eprintln!("skipped: no Azurite (run with cargo xtask test)");
+        return;
+    };
+    let mut proxy = TcpProxy::start(connection().url.trim_start_matches("http://")).await;
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let spool_for_app = settings.clone();
+    let app = spawn_app_with(move |s| {
+        s.clickhouse.url = proxy_url;
+        s.spool = Some(spool_for_app);
+    })
+    .await;
+    create_clicks(&app).await;
+    proxy.cut().await;
+
+    let small = batch("small", 3, 0);
+    // Over a queue message's size: goes to a blob, the message points to it.
+    let large = batch("large", 400, 150);
+    for (body, key) in [(&small, "small-1"), (&large, "large-1")] {
+        let response = post(&app, body, key).await;
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    }
+    let spooled: Value = post(&app, &small, "small-2").await.json().await.expect("json");
+    assert_eq!(spooled["spooled"], true);
+    assert_eq!(spooled["accepted"], 3);
+    let spool = Spool::new(&settings).expect("spool");
+    assert_eq!(spool.depth().await.expect("depth").0, 3);
+
+    proxy.restore().await;
+    let replayed = act_as_queue_trigger(&app, &spool, &settings, 5).await;
+    assert_eq!(replayed, 3);
+    assert_eq!(count(&app).await, 3 + 400 + 3);
+    assert_eq!(spool.depth().await.expect("depth"), (0, 0));
+
+    // A batch the caller sends again after it was spooled (its retry) is not stored twice.
+    assert_eq!(post(&app, &small, "small-1").await.status(), 202);
+    assert_eq!(count(&app).await, 406);
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_ends_in_the_poison_queue() {
+    let Some(settings) = spool_settings() else {
+        eprintln!("skipped: no Azurite (run with cargo xtask test)");
+        return;
+    };
+    let spool_for_app = settings.clone();
+    let app = spawn_app_with(move |s| s.spool = Some(spool_for_app)).await;
+    let spool = Spool::new(&settings).expect("spool");
+    let orphan = chgate::ingest::spool::SpooledBatch {
+        v: 1,
+        endpoint: "no_such_endpoint".into(),
+        batch_id: "b".into(),
+        token: "t".into(),
+        rows: 1,
+        body: None,
+        blob: None,
+    };
+    spool
+        .put(orphan, &bytes::Bytes::from_static(b"{}\n"))
+        .await
+        .expect("put");
+    let replayed = act_as_queue_trigger(&app, &spool, &settings, 3).await;
+    assert_eq!(replayed, 0);
+    assert_eq!(spool.depth().await.expect("depth"), (0, 1), "moved to the poison queue");
+}
+
+#[tokio::test]
+async fn with_clickhouse_and_the_spool_down_the_caller_gets_503_and_nothing_is_claimed() {
+    let Some(mut settings) = spool_settings() else {
+        eprintln!("skipped: no Azurite (run with cargo xtask test)");
+        return;
+    };
+    settings.queue_service = "http://127.0.0.1:9/devstoreaccount1".into();
+    settings.blob_service = "http://127.0.0.1:9/devstoreaccount1".into();
+    let app = spawn_app_with(move |s| {
+        s.clickhouse.url = "http://127.0.0.1:9".into();
+        s.spool = Some(settings);
+    })
+    .await;
+    let body = problem(post(&app, &batch("x", 1, 0), "k").await, 503).await;
+    assert_eq!(body["code"], "ingest_unavailable");
+}
