@@ -26,10 +26,30 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate an endpoint catalog without serving; exits non-zero on any problem.
-    Check(CatalogArgs),
+    Check(CheckArgs),
     /// Print who can call what: endpoints × roles, the claims granting each role, and which
     /// endpoints are tenant-scoped or cross-tenant.
     AccessReport(CatalogArgs),
+    /// The ingest spool (settings as when serving: CHGATE_SPOOL*, CLICKHOUSE_*).
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SpoolAction {
+    /// Print how many batches wait in the spool and in its poison queue.
+    Status,
+    /// Replay every waiting batch into ClickHouse now, without the Functions host (each with
+    /// its original deduplication token); batches that fail stay.
+    Drain {
+        /// Drain the poison queue instead (after fixing what made its batches fail).
+        #[arg(long)]
+        poison: bool,
+        #[command(flatten)]
+        catalog: CatalogArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +62,12 @@ struct CatalogArgs {
     /// The access policy.
     #[arg(long, default_value = "access.toml")]
     access_policy: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    catalog: CatalogArgs,
     /// Also check every ingest endpoint against its table in ClickHouse (`CLICKHOUSE_URL`,
     /// `CLICKHOUSE_USER`, `CLICKHOUSE_PASSWORD`, `CLICKHOUSE_DATABASE`): the columns exist and
     /// the table deduplicates inserts.
@@ -52,8 +78,9 @@ struct CatalogArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Some(Command::Check(args)) => check(&args, false),
-        Some(Command::AccessReport(args)) => check(&args, true),
+        Some(Command::Check(args)) => check(&args.catalog, false, args.against_clickhouse),
+        Some(Command::AccessReport(args)) => check(&args, true, false),
+        Some(Command::Spool { action }) => spool(&action),
         None => serve(),
     };
     match outcome {
@@ -65,7 +92,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(args: &CatalogArgs, report: bool) -> anyhow::Result<ExitCode> {
+fn check(args: &CatalogArgs, report: bool, against_clickhouse: bool) -> anyhow::Result<ExitCode> {
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => Settings::from_env()?.functions_dir,
@@ -105,7 +132,7 @@ fn check(args: &CatalogArgs, report: bool) -> anyhow::Result<ExitCode> {
                     ingest.table()
                 );
             }
-            if args.against_clickhouse && !check_against_clickhouse(&catalog)? {
+            if against_clickhouse && !check_against_clickhouse(&catalog)? {
                 return Ok(ExitCode::FAILURE);
             }
             println!(
@@ -141,6 +168,71 @@ fn check_against_clickhouse(catalog: &Catalog) -> anyhow::Result<bool> {
         fine &= problems.is_empty();
     }
     Ok(fine)
+}
+
+fn spool(action: &SpoolAction) -> anyhow::Result<ExitCode> {
+    use chgate::ingest::spool::{Spool, Which};
+    let settings = Settings::from_env()?;
+    let spool_settings = settings
+        .spool
+        .clone()
+        .context("no spool is configured: set CHGATE_SPOOL, or CHGATE_SPOOL__queueServiceUri")?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let spool = Spool::new(&spool_settings)?;
+    match action {
+        SpoolAction::Status => {
+            let (waiting, poisoned) = runtime.block_on(spool.depth())?;
+            println!("{}: {waiting} batch(es) waiting", spool_settings.name);
+            println!("{}-poison: {poisoned} batch(es)", spool_settings.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        SpoolAction::Drain { poison, catalog: args } => {
+            let which = if *poison { Which::Poison } else { Which::Spool };
+            let dir = args.dir.clone().unwrap_or(settings.functions_dir.clone());
+            let prefix = route_prefix(&args.host_json)?;
+            let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), Place::from_env())?;
+            let catalog = Catalog::load(&dir, &prefix, &policy.catalog_rules()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let client = clickhouse::Client::default()
+                .with_url(&settings.clickhouse.url)
+                .with_user(&settings.clickhouse.user)
+                .with_password(settings.clickhouse.password.expose())
+                .with_database(&settings.clickhouse.database);
+            let (mut replayed, mut failed) = (0usize, 0usize);
+            runtime.block_on(async {
+                loop {
+                    // Failures stay hidden for the rest of the run, so each is tried once.
+                    let taken = spool.take_from(which, 32, std::time::Duration::from_secs(600)).await?;
+                    if taken.is_empty() {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    for message in taken {
+                        let outcome = match &message.batch {
+                            Ok(batch) => chgate::ingest::replay::replay(&catalog, &client, &spool, batch)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(error) => Err(error.clone()),
+                        };
+                        match outcome {
+                            Ok(()) => {
+                                spool.delete_from(which, &message).await?;
+                                replayed += 1;
+                            }
+                            Err(error) => {
+                                eprintln!("batch {} stays: {error}", message.id);
+                                failed += 1;
+                            }
+                        }
+                    }
+                }
+            })?;
+            println!("{replayed} batch(es) replayed, {failed} failed (left in the queue)");
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }
 
 fn serve() -> anyhow::Result<ExitCode> {

@@ -60,6 +60,13 @@ pub struct SpooledBatch {
     pub blob: Option<String>,
 }
 
+/// The spool queue, or its poison queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Spool,
+    Poison,
+}
+
 /// A message taken from the queue.
 #[derive(Debug)]
 pub struct Taken {
@@ -257,15 +264,31 @@ impl Spool {
         Ok((count(&self.queue).await?, count(&self.poison).await?))
     }
 
-    /// Takes up to `max` messages, hidden from others for `visibility`.
+    fn queue_of(&self, which: Which) -> &QueueClient {
+        match which {
+            Which::Spool => &self.queue,
+            Which::Poison => &self.poison,
+        }
+    }
+
+    /// Takes up to `max` messages of the spool, hidden from others for `visibility`.
     pub async fn take(&self, max: i32, visibility: Duration) -> Result<Vec<Taken>, SpoolError> {
+        self.take_from(Which::Spool, max, visibility).await
+    }
+
+    /// Takes up to `max` messages of the spool or its poison queue.
+    pub async fn take_from(&self, which: Which, max: i32, visibility: Duration) -> Result<Vec<Taken>, SpoolError> {
         self.ensure_created().await?;
         let options = QueueClientReceiveMessagesOptions {
             number_of_messages: Some(max),
             visibility_timeout: Some(i32::try_from(visibility.as_secs()).unwrap_or(30)),
             ..Default::default()
         };
-        let received = self.queue.receive_messages(Some(options)).await?.into_model()?;
+        let received = self
+            .queue_of(which)
+            .receive_messages(Some(options))
+            .await?
+            .into_model()?;
         Ok(received
             .items
             .unwrap_or_default()
@@ -281,7 +304,14 @@ impl Spool {
 
     /// Deletes a message taken with [`Spool::take`].
     pub async fn delete(&self, taken: &Taken) -> Result<(), SpoolError> {
-        self.queue.delete_message(&taken.id, &taken.pop_receipt, None).await?;
+        self.delete_from(Which::Spool, taken).await
+    }
+
+    /// Deletes a message taken with [`Spool::take_from`].
+    pub async fn delete_from(&self, which: Which, taken: &Taken) -> Result<(), SpoolError> {
+        self.queue_of(which)
+            .delete_message(&taken.id, &taken.pop_receipt, None)
+            .await?;
         Ok(())
     }
 }

@@ -236,3 +236,65 @@ async fn with_clickhouse_and_the_spool_down_the_caller_gets_503_and_nothing_is_c
     let body = problem(post(&app, &batch("x", 1, 0), "k").await, 503).await;
     assert_eq!(body["code"], "ingest_unavailable");
 }
+
+#[tokio::test]
+async fn the_operator_command_shows_and_drains_the_spool_without_the_host() {
+    let Some(settings) = spool_settings() else {
+        eprintln!("skipped: no Azurite (run with cargo xtask test)");
+        return;
+    };
+    let mut proxy = TcpProxy::start(connection().url.trim_start_matches("http://")).await;
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let spool_for_app = settings.clone();
+    let app = spawn_app_with(move |s| {
+        s.clickhouse.url = proxy_url;
+        s.spool = Some(spool_for_app);
+    })
+    .await;
+    create_clicks(&app).await;
+    proxy.cut().await;
+    for key in ["cli-1", "cli-2"] {
+        let response: Value = post(&app, &batch(key, 5, 0), key).await.json().await.expect("json");
+        assert_eq!(response["spooled"], true);
+    }
+    // The command reads the same settings as the host's queue trigger: here a connection
+    // string with a SAS.
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let connection_string = format!(
+        "QueueEndpoint={};BlobEndpoint={};SharedAccessSignature={}",
+        settings.queue_service,
+        settings.blob_service,
+        settings.sas.as_deref().unwrap_or_default()
+    );
+    let policy = crate::helpers::fixture_policy(app.issuer.url());
+    let handler = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_handler"));
+        command.arg("spool").args(args);
+        if args == ["drain"] {
+            command
+                .arg("--host-json")
+                .arg(fixtures.join("host.json"))
+                .arg("--access-policy")
+                .arg(&policy)
+                .arg(fixtures.join("endpoints"));
+        }
+        command
+            .envs(app.database.connection().env())
+            .env("CHGATE_ALLOW_DEV_ISSUERS", "1")
+            .env("CHGATE_SPOOL", &connection_string)
+            .env("CHGATE_SPOOL_QUEUE", &settings.name)
+            .output()
+            .expect("running handler spool")
+    };
+    let status = handler(&["status"]);
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(printed.contains("2 batch(es) waiting"), "{printed}");
+    proxy.restore().await;
+    let drain = handler(&["drain"]);
+    assert!(drain.status.success(), "{}", String::from_utf8_lossy(&drain.stderr));
+    assert!(String::from_utf8_lossy(&drain.stdout).contains("2 batch(es) replayed"));
+    assert_eq!(count(&app).await, 10);
+    let after = handler(&["status"]);
+    assert!(String::from_utf8_lossy(&after.stdout).contains("0 batch(es) waiting"));
+}
