@@ -3,7 +3,7 @@
 //! stamped, and the rows written out as JSONEachRow for ClickHouse. All or nothing: one bad
 //! row and the whole batch is refused, with the first bad rows listed.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::catalog::IngestEndpoint;
 use crate::catalog::param::RawValue;
@@ -93,13 +93,10 @@ pub fn parse(
     let mut listed = Vec::new();
     let mut total = 0;
     for (index, row) in rows.iter().enumerate() {
-        match check_row(endpoint, tenant, index + 1, row) {
-            Ok(checked) => {
-                if total == 0 {
-                    serde_json::to_writer(&mut out, &checked).map_err(|e| BatchError::NotJson(e.to_string()))?;
-                    out.push(b'\n');
-                }
-            }
+        // Once a row has failed, the batch will be refused: the rest is only checked.
+        let sink = (total == 0).then_some(&mut out);
+        match check_row(endpoint, tenant, index + 1, row, sink) {
+            Ok(()) => {}
             Err(RowFailure::Tenant(mismatch)) => return Err(mismatch),
             Err(RowFailure::Problems(problems)) => {
                 total += 1;
@@ -154,13 +151,15 @@ enum RowFailure {
     Problems(Vec<RowProblem>),
 }
 
-/// One row, checked and typed, with the tenant stamped.
+/// One row, checked and typed; written to `out` as a JSONEachRow line, with the tenant
+/// stamped, when it is good and `out` is given.
 fn check_row(
     endpoint: &IngestEndpoint,
     tenant: Option<&str>,
     number: usize,
     row: &Value,
-) -> Result<Map<String, Value>, RowFailure> {
+    mut out: Option<&mut Vec<u8>>,
+) -> Result<(), RowFailure> {
     let problem = |field: Option<&str>, expected: Option<&str>, problem: String| RowProblem {
         row: number,
         field: field.map(str::to_owned),
@@ -195,24 +194,46 @@ fn check_row(
             ));
         }
     }
-    let mut checked = Map::new();
-    for (name, spec) in endpoint.fields() {
+    let start = out.as_ref().map_or(0, |out| out.len());
+    if let Some(out) = out.as_deref_mut() {
+        out.push(b'{');
+    }
+    for (index, (name, spec)) in endpoint.fields().iter().enumerate() {
         let parsed = match object.get(name) {
             Some(value) => spec.parse(RawValue::Json(value)),
             None => spec.missing(),
         };
         match parsed {
             Ok(value) => {
-                checked.insert(name.clone(), serde_json::to_value(value).unwrap_or(Value::Null));
+                if let Some(out) = out.as_deref_mut() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    // Names are checked identifiers and values serialise infallibly into a Vec.
+                    let _ = serde_json::to_writer(&mut *out, name);
+                    out.push(b':');
+                    let _ = serde_json::to_writer(&mut *out, &value);
+                }
             }
             Err(error) => problems.push(problem(Some(name), Some(error.expected()), error.problem().to_owned())),
         }
     }
     if !problems.is_empty() {
+        if let Some(out) = out {
+            out.truncate(start);
+        }
         return Err(RowFailure::Problems(problems));
     }
-    if let (Some(column), Some(tenant)) = (tenant_column, tenant) {
-        checked.insert(column.to_owned(), Value::String(tenant.to_owned()));
+    if let Some(out) = out {
+        if let (Some(column), Some(tenant)) = (tenant_column, tenant) {
+            if !endpoint.fields().is_empty() {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut *out, column);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut *out, tenant);
+        }
+        out.extend_from_slice(b"}\n");
     }
-    Ok(checked)
+    Ok(())
 }

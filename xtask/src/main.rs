@@ -69,6 +69,11 @@ enum Task {
         /// one that does not, interleaved, for cache hits and misses.
         #[arg(long, conflicts_with_all = ["load", "callgrind"])]
         telemetry: bool,
+        /// Instead, measure ingest throughput (rows/s) through the handler's ingest endpoint
+        /// and straight to ClickHouse with the clickhouse crate, for batches of 10 and 10,000
+        /// rows.
+        #[arg(long, conflicts_with_all = ["load", "callgrind", "telemetry"])]
+        ingest: bool,
     },
     /// Print an access token from the development issuer, for curl: roles are granted the way
     /// access.toml says (the first grant rule of the role).
@@ -187,6 +192,7 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
             no_callgrind,
             load,
             telemetry,
+            ingest,
         } => {
             anyhow::ensure!(
                 !concurrency.is_empty() && !concurrency.contains(&0),
@@ -200,6 +206,13 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
                         callers: concurrency.iter().copied().max().unwrap_or(64),
                     };
                     xtask::bench::load(&connection, &options).await
+                }
+                Ok(()) if ingest => {
+                    let options = xtask::bench::IngestOptions {
+                        duration: std::time::Duration::from_secs(seconds.unwrap_or(5)),
+                        levels: concurrency,
+                    };
+                    xtask::bench::ingest(&connection, &options).await
                 }
                 Ok(()) if telemetry => {
                     let options = xtask::bench::TelemetryOptions {

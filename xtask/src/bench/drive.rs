@@ -368,6 +368,15 @@ impl Signer {
 
     /// A new token (its own `jti`) for `subject` in `tenant`, granting `role` as access.toml
     /// does (`roles` claim).
+    /// A token of the `collector` role (access.toml grants it for `Events.Write`).
+    pub(super) fn collector_token(&self, subject: &str, tenant: &str) -> anyhow::Result<String> {
+        self.key.sign(&dev_issuer::claims(
+            &self.issuer,
+            subject,
+            json!({"roles": ["Events.Write"], "tid": tenant}),
+        ))
+    }
+
     pub(super) fn token(&self, subject: &str, role: Role, tenant: &str) -> anyhow::Result<String> {
         let app_role = match role {
             Role::Analyst => "Analytics.Read",

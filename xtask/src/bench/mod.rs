@@ -18,6 +18,7 @@ mod callgrind;
 mod catalog;
 mod drive;
 mod handler;
+mod ingest;
 mod load;
 mod machine;
 mod signatures;
@@ -42,6 +43,7 @@ use crate::connection::Connection;
 use crate::dev_issuer::{self, DevIssuer, DevKey};
 use crate::repo_root;
 
+pub use self::ingest::{IngestOptions, run as ingest};
 pub use self::load::run as load;
 pub use self::telemetry::{TelemetryOptions, run as telemetry};
 
