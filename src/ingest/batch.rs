@@ -237,3 +237,97 @@ fn check_row(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{AccessRules, Catalog};
+
+    fn clicks() -> Catalog {
+        let rules = AccessRules {
+            roles: ["reader", "analyst", "internal", "collector"].map(str::to_owned).into(),
+            cross_tenant_roles: ["internal"].map(str::to_owned).into(),
+            tenant_column: "tenant_id".into(),
+            tenant_scoped_tables: vec!["events".into()],
+            ..AccessRules::default()
+        };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/endpoints");
+        Catalog::load(&dir, "api", &rules).expect("fixture catalog")
+    }
+
+    fn parse_with(catalog: &Catalog, layout: Layout, body: &str) -> Result<Batch, BatchError> {
+        let endpoint = &catalog.ingest_endpoints()[0];
+        parse(endpoint, Some("acme"), layout, body.as_bytes())
+    }
+
+    #[test]
+    fn rows_become_json_each_row_with_the_tenant_stamped_and_text_escaped() {
+        let catalog = clicks();
+        let batch = parse_with(
+            &catalog,
+            Layout::Json,
+            r#"[{"ts":"2026-12-01T10:00:00Z","path":"/a\"b\n","tags":["x"]}]"#,
+        )
+        .expect("batch");
+        assert_eq!(batch.rows, 1);
+        let line: Value = serde_json::from_slice(batch.body.strip_suffix(b"\n").expect("one line")).expect("json");
+        assert_eq!(line["tenant_id"], "acme");
+        assert_eq!(line["path"], "/a\"b\n");
+        assert_eq!(line["duration_ms"], 0);
+        assert_eq!(line["tags"], serde_json::json!(["x"]));
+    }
+
+    #[test]
+    fn ndjson_lines_are_rows_and_blank_lines_are_skipped() {
+        let catalog = clicks();
+        let body = "{\"ts\":\"2026-12-01T10:00:00Z\",\"path\":\"/1\"}\n\n  \n{\"ts\":\"2026-12-01T10:00:00Z\",\"path\":\"/2\"}";
+        assert_eq!(parse_with(&catalog, Layout::NdJson, body).expect("batch").rows, 2);
+        assert!(matches!(
+            parse_with(&catalog, Layout::NdJson, "{\"path\":\"/x\"}\nnot json\n"),
+            Err(BatchError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn another_tenant_refuses_the_whole_batch_and_the_callers_own_is_fine() {
+        let catalog = clicks();
+        let spoof = r#"[{"ts":"2026-12-01T10:00:00Z","path":"/a","tenant_id":"globex"}]"#;
+        assert!(matches!(
+            parse_with(&catalog, Layout::Json, spoof),
+            Err(BatchError::TenantMismatch { row: 1, .. })
+        ));
+        let number = r#"[{"ts":"2026-12-01T10:00:00Z","path":"/a","tenant_id":7}]"#;
+        assert!(matches!(
+            parse_with(&catalog, Layout::Json, number),
+            Err(BatchError::TenantMismatch { .. })
+        ));
+        let own = r#"[{"ts":"2026-12-01T10:00:00Z","path":"/a","tenant_id":"acme"}]"#;
+        assert!(parse_with(&catalog, Layout::Json, own).is_ok());
+    }
+
+    #[test]
+    fn limits_and_empty_batches() {
+        let catalog = clicks();
+        let row = "{\"ts\":\"2026-12-01T10:00:00Z\",\"path\":\"/x\"}\n";
+        assert!(matches!(
+            parse_with(&catalog, Layout::NdJson, &row.repeat(1001)),
+            Err(BatchError::TooManyRows { limit: 1000 })
+        ));
+        assert_eq!(parse_with(&catalog, Layout::Json, "[]").err(), Some(BatchError::Empty));
+        assert_eq!(
+            parse_with(&catalog, Layout::NdJson, "\n\n").err(),
+            Some(BatchError::Empty)
+        );
+    }
+
+    #[test]
+    fn the_layout_comes_from_the_content_type_or_the_first_byte() {
+        assert_eq!(
+            Layout::of(Some("application/x-ndjson; charset=utf-8"), b"["),
+            Layout::NdJson
+        );
+        assert_eq!(Layout::of(Some("application/json"), b"{}"), Layout::Json);
+        assert_eq!(Layout::of(None, b"  [{}]"), Layout::Json);
+        assert_eq!(Layout::of(None, b"{}\n{}"), Layout::NdJson);
+    }
+}
