@@ -201,26 +201,33 @@ fn spool(action: &SpoolAction) -> anyhow::Result<ExitCode> {
             runtime.block_on(async {
                 loop {
                     // Failures stay hidden for the rest of the run, so each is tried once.
-                    let taken = spool.take_from(which, 32, std::time::Duration::from_secs(600)).await?;
+                    let taken = spool.take_from(which, 8, std::time::Duration::from_secs(600)).await?;
                     if taken.is_empty() {
                         return Ok::<(), anyhow::Error>(());
                     }
                     for message in taken {
-                        let outcome = match &message.batch {
-                            Ok(batch) => chgate::ingest::replay::replay(&catalog, &client, &spool, batch)
-                                .await
-                                .map_err(|e| e.to_string()),
-                            Err(error) => Err(error.clone()),
+                        let Ok(batch) = &message.batch else {
+                            eprintln!("message {} stays: it holds no spooled batch", message.id);
+                            failed += 1;
+                            continue;
                         };
-                        match outcome {
-                            Ok(()) => {
-                                spool.delete_from(which, &message).await?;
-                                replayed += 1;
+                        match chgate::ingest::replay::replay(&catalog, &client, &spool, batch).await {
+                            Ok(()) => replayed += 1,
+                            Err(error) if error.is_transient() || which == Which::Poison => {
+                                eprintln!("batch {} stays: {error}", batch.batch_id);
+                                failed += 1;
+                                continue;
                             }
                             Err(error) => {
-                                eprintln!("batch {} stays: {error}", message.id);
+                                eprintln!("batch {} moves to the poison queue: {error}", batch.batch_id);
+                                spool.to_poison(batch).await?;
                                 failed += 1;
                             }
+                        }
+                        // A failed delete leaves a replayed batch to come back: harmless, its
+                        // token makes the second insert a repeat.
+                        if let Err(error) = spool.delete_from(which, &message).await {
+                            eprintln!("message {} could not be deleted: {error}", message.id);
                         }
                     }
                 }

@@ -149,6 +149,15 @@ fn spool_from_env() -> Result<Option<crate::ingest::spool::SpoolSettings>, Setti
     } else {
         CredentialChoice::DeveloperTools
     };
+    let signing_key = || {
+        set("CHGATE_SPOOL_KEY")
+            .map(Secret::new)
+            .ok_or(SettingsError::InvalidChoice {
+                name: "CHGATE_SPOOL_KEY",
+                allowed: "a random secret of at least 32 characters, the same on every instance",
+                value: "unset".to_owned(),
+            })
+    };
     if let Some(queue_service) = set("CHGATE_SPOOL__queueServiceUri") {
         return Ok(Some(crate::ingest::spool::SpoolSettings {
             blob_service: set("CHGATE_SPOOL__blobServiceUri")
@@ -157,6 +166,7 @@ fn spool_from_env() -> Result<Option<crate::ingest::spool::SpoolSettings>, Setti
             name,
             sas: None,
             credential,
+            signing_key: signing_key()?,
         }));
     }
     let Some(connection) = set("CHGATE_SPOOL") else {
@@ -183,8 +193,9 @@ fn spool_from_env() -> Result<Option<crate::ingest::spool::SpoolSettings>, Setti
         queue_service,
         blob_service,
         name,
-        sas: Some(sas),
+        sas: Some(Secret::new(sas)),
         credential,
+        signing_key: signing_key()?,
     }))
 }
 

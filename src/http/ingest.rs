@@ -27,9 +27,22 @@ pub async fn ingest(
     request_id: &str,
     received: Instant,
 ) -> HttpResponse {
-    match accept(state, request, payload, endpoint, request_id, received).await {
+    let mut batch_id = None;
+    match accept(state, request, payload, endpoint, request_id, received, &mut batch_id).await {
         Ok(response) => response,
-        Err(error) => error.to_response(request_id),
+        Err(error) => {
+            let mut response = error.to_response(request_id);
+            // Once the batch has an id, a failure may still have written it (an insert whose
+            // answer was lost): the caller retries with this id as its Idempotency-Key.
+            if let Some(id) = batch_id
+                && let Ok(value) = actix_web::http::header::HeaderValue::from_str(&id)
+            {
+                response
+                    .headers_mut()
+                    .insert(actix_web::http::header::HeaderName::from_static("x-batch-id"), value);
+            }
+            response
+        }
     }
 }
 
@@ -40,6 +53,7 @@ async fn accept(
     endpoint: &IngestEndpoint,
     request_id: &str,
     received: Instant,
+    batch_id_out: &mut Option<String>,
 ) -> Result<HttpResponse, ApiError> {
     let timeout = request_timeout(
         header_text(request, "x-request-timeout").as_deref(),
@@ -72,6 +86,7 @@ async fn accept(
     // Without the caller's key the batch still gets one, returned, so a retry can reuse it.
     let batch_id = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let token = dedup_token(endpoint.name(), who.tenant(), &batch_id);
+    *batch_id_out = Some(batch_id.clone());
     let written = if state.executor.circuit_open() {
         // ClickHouse failed repeatedly just now: straight to the spool.
         Err(QueryError::Unavailable("circuit open".into()))
@@ -80,7 +95,7 @@ async fn accept(
     };
     let spooled = match written {
         Ok(()) => false,
-        Err(error) if is_transient(&error) => {
+        Err(error) if crate::ingest::is_transient(&error) => {
             let Some(spool) = &state.spool else {
                 return Err(query_error(&error));
             };
@@ -91,6 +106,10 @@ async fn accept(
                 batch_id: batch_id.clone(),
                 token: token.clone(),
                 rows: batch.rows,
+                tenant: who.tenant().map(str::to_owned),
+                attempt: 0,
+                body_sha256: String::new(),
+                signature: String::new(),
                 body: None,
                 blob: None,
             };
@@ -148,18 +167,6 @@ async fn write(
     }
 }
 
-/// Failures worth spooling for: ClickHouse unreachable, overloaded, out of time, or without
-/// credentials for now. Anything else would fail again on replay.
-fn is_transient(error: &QueryError) -> bool {
-    match error {
-        QueryError::Unavailable(_) | QueryError::NoCredentials => true,
-        QueryError::Exception { code, .. } => {
-            matches!(code, 202 | 203 | 209 | 210 | 241 | 242 | 439 | 159 | 160 | 252) || error.is_login_rejected()
-        }
-        QueryError::Other(_) => error.is_login_rejected(),
-    }
-}
-
 /// A failed insert: unavailability and refused logins as for queries; anything else means
 /// ClickHouse refused rows the endpoint accepted.
 fn query_error(error: &QueryError) -> ApiError {
@@ -168,7 +175,7 @@ fn query_error(error: &QueryError) -> ApiError {
         QueryError::NoCredentials => ApiError::CredentialsUnavailable,
         error if error.is_login_rejected() => ApiError::CredentialsRejected,
         QueryError::Exception {
-            code: 202 | 203 | 209 | 210 | 241 | 242 | 439 | 159 | 160,
+            code: 202 | 203 | 209 | 210 | 225 | 241 | 242 | 252 | 319 | 439 | 999 | 159 | 160,
             ..
         } => ApiError::Unavailable,
         _ => ApiError::IngestFailed,

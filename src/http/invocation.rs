@@ -250,9 +250,11 @@ fn body_bytes(body: Option<&Value>) -> Bytes {
     }
 }
 
-/// A spool queue message from the host's queue trigger: replayed into ClickHouse. 200 when the
-/// rows are in (the host deletes the message); any failure answers 500, so the host makes the
-/// message visible again and, after `maxDequeueCount` attempts, moves it to the poison queue.
+/// A spool queue message from the host's queue trigger, replayed into ClickHouse. 200 when the
+/// rows are in, or when the batch has been sent back to the spool (ClickHouse could not take
+/// it) or moved to the poison queue (it cannot succeed): either way the host deletes the
+/// original. 500 only when the message cannot be read or storage fails: then the host tries
+/// again.
 async fn replay_spooled(state: &AppState, binding: &str, payload: Payload) -> HttpResponse {
     let outcome = async {
         let body = read_body(payload, MAX_BODY_BYTES).await.map_err(|error| error.to_string())?;
@@ -264,12 +266,29 @@ async fn replay_spooled(state: &AppState, binding: &str, payload: Payload) -> Ht
             .spool
             .as_ref()
             .ok_or_else(|| "no spool is configured (CHGATE_SPOOL_QUEUE_SERVICE_URI)".to_owned())?;
-        let client = state.executor.service_client().map_err(|error| error.to_string())?;
-        crate::ingest::replay::replay(&state.catalog, &client, spool, &batch)
-            .await
-            .map_err(|error| error.to_string())?;
-        tracing::info!(endpoint.name = %batch.endpoint, batch.id = %batch.batch_id, rows = batch.rows, dequeue_count, "spooled batch replayed");
-        Ok::<String, String>(format!("replayed batch {} ({} rows)", batch.batch_id, batch.rows))
+        let replayed = match state.executor.service_client() {
+            Ok(client) => crate::ingest::replay::replay(&state.catalog, &client, spool, &batch).await,
+            Err(error) => Err(crate::ingest::replay::ReplayError::Insert(error)),
+        };
+        match replayed {
+            Ok(()) => {
+                tracing::info!(endpoint.name = %batch.endpoint, batch.id = %batch.batch_id, rows = batch.rows, dequeue_count, "spooled batch replayed");
+                Ok::<String, String>(format!("replayed batch {} ({} rows)", batch.batch_id, batch.rows))
+            }
+            // Handled here rather than by the host's retries: the host's poison queue keeps a
+            // message seven days at most, and a batch answered 202 must never expire.
+            Err(error) if error.is_transient() => {
+                let delay = crate::ingest::replay::backoff(batch.attempt);
+                tracing::warn!(batch.id = %batch.batch_id, error = %error, retry_in = ?delay, "replay failed; the batch goes back to the spool");
+                spool.requeue(batch, delay).await.map_err(|e| e.to_string())?;
+                Ok(format!("replay failed ({error}); requeued"))
+            }
+            Err(error) => {
+                tracing::error!(batch.id = %batch.batch_id, error = %error, "replay refused; the batch goes to the poison queue");
+                spool.to_poison(&batch).await.map_err(|e| e.to_string())?;
+                Ok(format!("replay refused ({error}); moved to the poison queue"))
+            }
+        }
     }
     .await;
     match outcome {

@@ -239,11 +239,10 @@ fn check_row(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests_support {
     use crate::catalog::{AccessRules, Catalog};
 
-    fn clicks() -> Catalog {
+    pub fn clicks() -> Catalog {
         let rules = AccessRules {
             roles: ["reader", "analyst", "internal", "collector"].map(str::to_owned).into(),
             cross_tenant_roles: ["internal"].map(str::to_owned).into(),
@@ -254,6 +253,13 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/endpoints");
         Catalog::load(&dir, "api", &rules).expect("fixture catalog")
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::clicks;
+    use super::*;
+    use crate::catalog::Catalog;
 
     fn parse_with(catalog: &Catalog, layout: Layout, body: &str) -> Result<Batch, BatchError> {
         let endpoint = &catalog.ingest_endpoints()[0];
@@ -329,5 +335,31 @@ mod tests {
         assert_eq!(Layout::of(Some("application/json"), b"{}"), Layout::Json);
         assert_eq!(Layout::of(None, b"  [{}]"), Layout::Json);
         assert_eq!(Layout::of(None, b"{}\n{}"), Layout::NdJson);
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    use super::tests_support::clicks;
+    use super::*;
+
+    #[test]
+    fn a_written_batch_parses_again_as_ndjson() {
+        let catalog = clicks();
+        let endpoint = &catalog.ingest_endpoints()[0];
+        let first = parse(
+            endpoint,
+            Some("acme"),
+            Layout::Json,
+            br#"[{"ts":"2026-12-01T10:00:00.250Z","path":"/a","tags":["x"]}]"#,
+        )
+        .expect("first");
+        let again = parse(endpoint, Some("acme"), Layout::NdJson, &first.body);
+        assert_eq!(
+            again.map(|b| b.body),
+            Ok(first.body.clone()),
+            "{:?}",
+            String::from_utf8_lossy(&first.body)
+        );
     }
 }

@@ -29,3 +29,20 @@ pub fn dedup_token(endpoint: &str, tenant: Option<&str>, key: &str) -> String {
     );
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Failures worth spooling (or replaying later) for: ClickHouse unreachable, out of
+/// connections or credentials for now, or an insert whose outcome is unknown. Overload that a
+/// batch itself may cause (too many parts or partitions, memory, time) is not: it would fail
+/// again on every replay, so the caller gets 503 and sends it again later.
+pub fn is_transient(error: &crate::query::QueryError) -> bool {
+    use crate::query::QueryError;
+    match error {
+        QueryError::Unavailable(_) | QueryError::NoCredentials => true,
+        // Too many simultaneous queries, no free connection, network, UNKNOWN_STATUS_OF_INSERT,
+        // Keeper trouble.
+        QueryError::Exception { code, .. } => {
+            matches!(code, 202 | 203 | 209 | 210 | 319 | 225 | 999 | 242) || error.is_login_rejected()
+        }
+        QueryError::Other(_) => error.is_login_rejected(),
+    }
+}

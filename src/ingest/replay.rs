@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clickhouse::Client;
 
-use super::batch::Batch;
 use super::spool::{Spool, SpooledBatch};
 use super::writer;
 use crate::catalog::Catalog;
@@ -17,39 +16,71 @@ const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// The message names no ingest endpoint this deployment has: it cannot succeed here.
-    #[error("no ingest endpoint {0} in this deployment")]
-    UnknownEndpoint(String),
+    /// The batch cannot succeed here, however often it is tried: it goes to the poison queue.
+    #[error("{0}")]
+    Refused(String),
+    /// The blob could not be read, or ClickHouse could not take the rows now: try again later.
     #[error(transparent)]
     Spool(#[from] super::spool::SpoolError),
     #[error(transparent)]
-    Insert(#[from] crate::query::QueryError),
+    Insert(crate::query::QueryError),
     #[error("no answer from ClickHouse within {0:?}")]
     Timeout(Duration),
 }
 
-/// Inserts a spooled batch, then removes its blob.
+impl ReplayError {
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Refused(_) => false,
+            Self::Spool(_) | Self::Timeout(_) => true,
+            Self::Insert(error) => super::is_transient(error),
+        }
+    }
+}
+
+/// How long a batch ClickHouse could not take waits before its next replay: doubling from
+/// 10 s, at most 5 min.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(10u64.saturating_mul(1 << attempt.min(5)).min(300))
+}
+
+/// Inserts a spooled batch: only what this deployment spooled (its signature), re-checked as
+/// the endpoint checks a request, with the token recomputed from the batch's own endpoint,
+/// tenant and id, so a forged token cannot stand for another tenant's batch.
 pub async fn replay(
     catalog: &Catalog,
     client: &Client,
     spool: &Spool,
     batch: &SpooledBatch,
 ) -> Result<(), ReplayError> {
+    if batch.v != 1 {
+        return Err(ReplayError::Refused(format!(
+            "message version {} is not known",
+            batch.v
+        )));
+    }
     let endpoint = catalog
         .ingest_endpoints()
         .iter()
         .find(|endpoint| endpoint.name() == batch.endpoint)
-        .ok_or_else(|| ReplayError::UnknownEndpoint(crate::text::shorten(&batch.endpoint)))?;
+        .ok_or_else(|| ReplayError::Refused(format!("no ingest endpoint {}", crate::text::shorten(&batch.endpoint))))?;
     let body = spool.body(batch).await?;
-    let rows = Batch { rows: batch.rows, body };
+    spool.verify(batch, &body).map_err(ReplayError::Refused)?;
+    if super::dedup_token(endpoint.name(), batch.tenant.as_deref(), &batch.batch_id) != batch.token {
+        return Err(ReplayError::Refused(
+            "the batch's token does not match its endpoint, tenant and id".into(),
+        ));
+    }
+    let rows = super::batch::parse(endpoint, batch.tenant.as_deref(), super::batch::Layout::NdJson, &body)
+        .map_err(|error| ReplayError::Refused(format!("the batch no longer fits the endpoint: {error}")))?;
     tokio::time::timeout(
         REPLAY_TIMEOUT,
         writer::insert(client, endpoint.table(), &rows, &batch.token, REPLAY_TIMEOUT),
     )
     .await
-    .map_err(|_| ReplayError::Timeout(REPLAY_TIMEOUT))??;
-    spool.forget(batch).await?;
-    Ok(())
+    .map_err(|_| ReplayError::Timeout(REPLAY_TIMEOUT))?
+    .map_err(ReplayError::Insert)
 }
 
 /// The spooled batch in a queue trigger's invocation payload: `Data[<binding>]`, which the

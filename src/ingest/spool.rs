@@ -32,14 +32,18 @@ pub struct SpoolSettings {
     /// `CHGATE_SPOOL_QUEUE` (default `chgate-spool`): the queue, and the container for large
     /// batches; the Functions host moves messages that keep failing to `<queue>-poison`.
     pub name: String,
-    /// `CHGATE_SPOOL_SAS`: a SAS token for both services (Azurite, or where identities are
-    /// not available); without it, `credential` signs in.
-    pub sas: Option<String>,
+    /// A SAS token for both services (Azurite, or where identities are not available);
+    /// without it, `credential` signs in.
+    pub sas: Option<crate::secrets::Secret>,
     pub credential: CredentialChoice,
+    /// `CHGATE_SPOOL_KEY`: signs every spooled batch, so a replay takes only what this
+    /// deployment spooled (whoever else can write to the queue cannot add rows).
+    pub signing_key: crate::secrets::Secret,
 }
 
-/// The largest message text the queue takes is 64 KiB; base64 makes 48 KiB of JSON that.
-const MAX_INLINE_JSON: usize = 48 * 1024;
+/// The largest message text the queue takes is 64 KiB, which base64 makes of 48 KiB; bodies
+/// up to this size travel in the message (with room for the batch's other fields).
+const MAX_INLINE_BODY: usize = 40 * 1024;
 
 /// One spooled batch, as the queue message holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +56,18 @@ pub struct SpooledBatch {
     /// The deduplication token the first attempt used.
     pub token: String,
     pub rows: usize,
+    /// The caller's tenant, stamped in every row.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Replays tried so far (a failed replay sends the batch again with this one more).
+    #[serde(default)]
+    pub attempt: u32,
+    /// SHA-256 of the body, hex.
+    #[serde(default)]
+    pub body_sha256: String,
+    /// HMAC-SHA256 (hex) over endpoint, tenant, batch id, token, rows and the body's hash.
+    #[serde(default)]
+    pub signature: String,
     /// The JSONEachRow body, when it fits in the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -110,6 +126,7 @@ impl KindName for azure_core::Error {
 
 /// The spool's queue, poison queue and container.
 pub struct Spool {
+    key: aws_lc_rs::hmac::Key,
     queue: QueueClient,
     poison: QueueClient,
     container: BlobContainerClient,
@@ -134,10 +151,11 @@ impl Spool {
         let url = |service: &str, path: &str| -> anyhow::Result<Url> {
             let base = format!("{}/{path}", service.trim_end_matches('/'));
             let url = match &settings.sas {
-                Some(sas) => format!("{base}?{}", sas.trim_start_matches('?')),
+                Some(sas) => format!("{base}?{}", sas.expose().trim_start_matches('?')),
                 None => base,
             };
-            Ok(Url::parse(&url)?)
+            // The error must not carry the URL: it holds the SAS.
+            Url::parse(&url).map_err(|_| anyhow::anyhow!("the spool's service URI {service:?} is not a URL"))
         };
         let client_options = || -> anyhow::Result<ClientOptions> {
             let http = reqwest::Client::builder()
@@ -163,7 +181,12 @@ impl Spool {
             })
         };
         let poison_name = format!("{}-poison", settings.name);
+        anyhow::ensure!(
+            settings.signing_key.expose().len() >= 32,
+            "CHGATE_SPOOL_KEY must be at least 32 characters (a random secret, the same on every instance)"
+        );
         Ok(Self {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, settings.signing_key.expose().as_bytes()),
             queue: QueueClient::new(
                 url(&settings.queue_service, &settings.name)?,
                 credential.clone(),
@@ -206,33 +229,82 @@ impl Spool {
     pub async fn put(&self, mut batch: SpooledBatch, body: &Bytes) -> Result<(), SpoolError> {
         let call = async {
             self.ensure_created().await?;
-            batch.body = Some(String::from_utf8_lossy(body).into_owned());
-            let mut json = serde_json::to_vec(&batch).map_err(|e| SpoolError(e.to_string()))?;
-            if json.len() > MAX_INLINE_JSON {
-                // Flat names: the SDK encodes '/' in blob names.
-                let name = format!("batch-{}.jsonl", batch.token);
+            batch.body_sha256 = sha256_hex(body);
+            batch.signature = self.sign(&batch);
+            if body.len() <= MAX_INLINE_BODY {
+                batch.body = Some(String::from_utf8_lossy(body).into_owned());
+            } else {
+                // One blob per message (a retried batch spooled twice gets two), flat names
+                // (the SDK encodes '/'). Blobs stay after replay: a redelivered message must
+                // still find its rows. A lifecycle rule removes them (docs/ingestion.md).
+                let name = format!("batch-{}-{}.jsonl", batch.token, uuid::Uuid::new_v4().simple());
                 self.container
                     .blob_client(&name)
                     .upload(azure_core::http::RequestContent::from(body.to_vec()), None)
                     .await?;
                 batch.body = None;
                 batch.blob = Some(name);
-                json = serde_json::to_vec(&batch).map_err(|e| SpoolError(e.to_string()))?;
             }
-            let message = QueueMessage {
-                message_text: Some(BASE64.encode(&json)),
-            };
-            // A spooled batch waits as long as it takes (the default would drop it after 7 days).
-            let options = azure_storage_queue::models::QueueClientSendMessageOptions {
-                message_time_to_live: Some(-1),
-                ..Default::default()
-            };
-            self.queue.send_message(message.try_into()?, Some(options)).await?;
-            Ok(())
+            self.send(Which::Spool, &batch, None).await
         };
         tokio::time::timeout(CALL_DEADLINE, call)
             .await
             .unwrap_or_else(|_| Err(SpoolError(format!("no answer within {CALL_DEADLINE:?}"))))
+    }
+
+    /// Sends `batch` to the spool again, hidden for `delay` (a replay ClickHouse could not
+    /// take): the host then deletes the original, so the host's poison queue, whose messages
+    /// expire after seven days, is never where a batch ends.
+    pub async fn requeue(&self, mut batch: SpooledBatch, delay: Duration) -> Result<(), SpoolError> {
+        batch.attempt += 1;
+        self.send(Which::Spool, &batch, Some(delay)).await
+    }
+
+    /// Moves `batch` to the poison queue, where it stays until an operator drains it.
+    pub async fn to_poison(&self, batch: &SpooledBatch) -> Result<(), SpoolError> {
+        self.send(Which::Poison, batch, None).await
+    }
+
+    async fn send(&self, which: Which, batch: &SpooledBatch, delay: Option<Duration>) -> Result<(), SpoolError> {
+        let json = serde_json::to_vec(batch).map_err(|e| SpoolError(e.to_string()))?;
+        let message = QueueMessage {
+            message_text: Some(BASE64.encode(&json)),
+        };
+        // A spooled batch waits as long as it takes (the default would drop it after 7 days).
+        let options = azure_storage_queue::models::QueueClientSendMessageOptions {
+            message_time_to_live: Some(-1),
+            visibility_timeout: delay.map(|delay| i32::try_from(delay.as_secs()).unwrap_or(i32::MAX)),
+            ..Default::default()
+        };
+        self.queue_of(which)
+            .send_message(message.try_into()?, Some(options))
+            .await?;
+        Ok(())
+    }
+
+    fn sign(&self, batch: &SpooledBatch) -> String {
+        let signed = format!(
+            "v1\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            batch.endpoint,
+            batch.tenant.as_deref().unwrap_or_default(),
+            batch.batch_id,
+            batch.token,
+            batch.rows,
+            batch.body_sha256
+        );
+        hex(aws_lc_rs::hmac::sign(&self.key, signed.as_bytes()).as_ref())
+    }
+
+    /// Whether `batch` and its `body` are as this deployment spooled them.
+    pub fn verify(&self, batch: &SpooledBatch, body: &[u8]) -> Result<(), String> {
+        let expected = self.sign(batch);
+        if aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), batch.signature.as_bytes()).is_err() {
+            return Err("the batch's signature does not match (not spooled by this deployment)".into());
+        }
+        if sha256_hex(body) != batch.body_sha256 {
+            return Err("the batch's body does not match its hash".into());
+        }
+        Ok(())
     }
 
     /// The body of a spooled batch: from the message, or from its blob.
@@ -245,17 +317,6 @@ impl Spool {
             }
             (None, None) => Err(SpoolError("the message holds no batch".into())),
         }
-    }
-
-    /// Removes a replayed batch's blob, if it had one.
-    pub async fn forget(&self, batch: &SpooledBatch) -> Result<(), SpoolError> {
-        if let Some(blob) = &batch.blob {
-            match self.container.blob_client(blob).delete(None).await {
-                Err(error) if error.http_status() != Some(StatusCode::NotFound) => return Err(error.into()),
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     /// Approximate depths of the spool and its poison queue.
@@ -331,4 +392,12 @@ pub fn decode(text: &str) -> Result<SpooledBatch, String> {
         .decode(text.trim())
         .map_err(|_| "the message is not base64".to_owned())?;
     serde_json::from_slice(&json).map_err(|error| format!("the message is not a spooled batch: {error}"))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

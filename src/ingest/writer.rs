@@ -12,6 +12,8 @@ use crate::query::QueryError;
 
 /// The ClickHouse settings of every ingest insert.
 const INSERT_SETTINGS: &[(&str, &str)] = &[
+    // Pinned: a user profile that turned deduplication off would silently break idempotency.
+    ("insert_deduplicate", "1"),
     ("async_insert", "1"),
     ("wait_for_async_insert", "1"),
     ("async_insert_deduplicate", "1"),
@@ -19,6 +21,7 @@ const INSERT_SETTINGS: &[(&str, &str)] = &[
     // mismatch between the catalog and the table, and must fail loudly.
     ("input_format_skip_unknown_fields", "0"),
     ("input_format_null_as_default", "0"),
+    ("date_time_input_format", "best_effort"),
 ];
 
 /// Inserts `batch` into `table` (checked identifiers, `name` or `database.name`); a batch

@@ -35,6 +35,9 @@ fn account_sas() -> String {
         .finish()
 }
 
+/// The spool's signing key in these tests.
+const SIGNING_KEY: &str = "spool-key-for-the-tests-0123456789abcdef";
+
 /// A spool of the test's own (its own queue and container) on Azurite; `None` when the suite
 /// runs without Azurite.
 fn spool_settings() -> Option<SpoolSettings> {
@@ -44,8 +47,9 @@ fn spool_settings() -> Option<SpoolSettings> {
         queue_service,
         blob_service,
         name: format!("spool-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        sas: Some(account_sas()),
+        sas: Some(account_sas().into()),
         credential: CredentialChoice::DeveloperTools,
+        signing_key: SIGNING_KEY.into(),
     })
 }
 
@@ -132,12 +136,20 @@ async fn act_as_queue_trigger(app: &TestApp, spool: &Spool, settings: &SpoolSett
     replayed
 }
 
+/// Writes a message straight to the spool queue, as anyone with access to it could.
+async fn move_to_spool(settings: &SpoolSettings, text: &str) {
+    send_raw(settings, &settings.name, text).await;
+}
+
 async fn move_to_poison(settings: &SpoolSettings, text: &str) {
+    send_raw(settings, &format!("{}-poison", settings.name), text).await;
+}
+
+async fn send_raw(settings: &SpoolSettings, queue: &str, text: &str) {
     let url = format!(
-        "{}/{}-poison/messages?{}",
+        "{}/{queue}/messages?{}",
         settings.queue_service,
-        settings.name,
-        settings.sas.as_deref().unwrap_or_default()
+        settings.sas.as_ref().map(|sas| sas.expose()).unwrap_or_default()
     );
     let body = format!(
         "<QueueMessage><MessageText>{}</MessageText></QueueMessage>",
@@ -183,6 +195,22 @@ async fn with_clickhouse_down_batches_are_spooled_and_replayed_exactly_once() {
     let spool = Spool::new(&settings).expect("spool");
     assert_eq!(spool.depth().await.expect("depth").0, 3);
 
+    // A replay while ClickHouse is still down: the batch goes back to the spool (never to the
+    // host's poison queue, whose messages expire), and the host may delete the original.
+    let taken = spool.take(1, Duration::from_secs(30)).await.expect("take");
+    let text = serde_json::to_string(taken[0].batch.as_ref().expect("batch")).expect("json");
+    let payload =
+        json!({"Data": {"batch": serde_json::to_string(&text).expect("json")}, "Metadata": {"DequeueCount": 1}});
+    let response = reqwest::Client::new()
+        .post(format!("{}/ingest_replay", app.address))
+        .json(&payload)
+        .send()
+        .await
+        .expect("invoke");
+    assert_eq!(response.status(), 200);
+    spool.delete(&taken[0]).await.expect("delete");
+    assert_eq!(spool.depth().await.expect("depth").0, 3, "requeued, not lost");
+
     proxy.restore().await;
     let replayed = act_as_queue_trigger(&app, &spool, &settings, 5).await;
     assert_eq!(replayed, 3);
@@ -209,6 +237,10 @@ async fn a_message_that_keeps_failing_ends_in_the_poison_queue() {
         batch_id: "b".into(),
         token: "t".into(),
         rows: 1,
+        tenant: Some("acme".into()),
+        attempt: 0,
+        body_sha256: String::new(),
+        signature: String::new(),
         body: None,
         blob: None,
     };
@@ -216,9 +248,32 @@ async fn a_message_that_keeps_failing_ends_in_the_poison_queue() {
         .put(orphan, &bytes::Bytes::from_static(b"{}\n"))
         .await
         .expect("put");
+    // A message written by someone else with access to the queue: a real endpoint, rows for
+    // another tenant, no valid signature.
+    create_clicks(&app).await;
+    let forged = chgate::ingest::spool::SpooledBatch {
+        v: 1,
+        endpoint: "ingest_clicks".into(),
+        batch_id: "forged".into(),
+        token: chgate::ingest::dedup_token("ingest_clicks", Some("globex"), "forged"),
+        rows: 1,
+        tenant: Some("globex".into()),
+        attempt: 0,
+        body_sha256: String::new(),
+        signature: "00".repeat(32),
+        body: Some(
+            r#"{"ts":"1764583200","path":"/forged","duration_ms":0,"tags":[],"tenant_id":"globex"}"#.to_owned() + "\n",
+        ),
+        blob: None,
+    };
+    move_to_spool(&settings, &serde_json::to_string(&forged).expect("json")).await;
     let replayed = act_as_queue_trigger(&app, &spool, &settings, 3).await;
-    assert_eq!(replayed, 0);
-    assert_eq!(spool.depth().await.expect("depth"), (0, 1), "moved to the poison queue");
+    assert_eq!(
+        replayed, 2,
+        "both invocations answered: each moved its batch to the poison queue"
+    );
+    assert_eq!(spool.depth().await.expect("depth"), (0, 2), "both in the poison queue");
+    assert_eq!(count(&app).await, 0, "nothing of the forged batch was written");
 }
 
 #[tokio::test]
@@ -265,7 +320,7 @@ async fn the_operator_command_shows_and_drains_the_spool_without_the_host() {
         "QueueEndpoint={};BlobEndpoint={};SharedAccessSignature={}",
         settings.queue_service,
         settings.blob_service,
-        settings.sas.as_deref().unwrap_or_default()
+        settings.sas.as_ref().map(|sas| sas.expose()).unwrap_or_default()
     );
     let policy = crate::helpers::fixture_policy(app.issuer.url());
     let handler = |args: &[&str]| {
@@ -284,6 +339,7 @@ async fn the_operator_command_shows_and_drains_the_spool_without_the_host() {
             .env("CHGATE_ALLOW_DEV_ISSUERS", "1")
             .env("CHGATE_SPOOL", &connection_string)
             .env("CHGATE_SPOOL_QUEUE", &settings.name)
+            .env("CHGATE_SPOOL_KEY", SIGNING_KEY)
             .output()
             .expect("running handler spool")
     };
@@ -370,4 +426,12 @@ async fn under_steady_load_through_an_outage_every_acknowledged_event_is_stored_
     assert!(spooled > 0, "the outage spooled batches");
     assert!(refused.is_empty(), "with the spool up nothing is refused: {refused:?}");
     assert_eq!(stored, acknowledged, "every acknowledged event stored, exactly once");
+    let distinct: u64 = app
+        .database
+        .client()
+        .query("SELECT uniqExact(path) FROM clicks")
+        .fetch_one()
+        .await
+        .expect("distinct");
+    assert_eq!(distinct, stored, "no event twice (every path is unique)");
 }
