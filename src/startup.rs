@@ -65,6 +65,13 @@ impl Application {
             ResultCache::new(serving.cache_max_bytes, serving.cache_max_entry_bytes),
             deployment_version(&settings.functions_dir, &settings.access_policy),
         );
+        if let Some(spool) = &settings.spool {
+            for replay in catalog.replay_functions() {
+                if !replay.queue.is_empty() && replay.queue != spool.name {
+                    tracing::error!(function = %replay.name, queue = %replay.queue, spool = %spool.name, "the replay function reads another queue than the spool writes: spooled batches would wait unread");
+                }
+            }
+        }
         let spool = match &settings.spool {
             Some(spool) => Some(crate::ingest::spool::Spool::new(spool).context("setting up the ingest spool")?),
             None => None,

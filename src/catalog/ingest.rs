@@ -153,7 +153,10 @@ pub(super) fn load_ingest(
             );
             continue;
         }
-        if tenant_column.as_deref() == Some(field.as_str()) {
+        // Any spelling of a tenant column: ClickHouse may match JSON keys to columns without
+        // regard to case, so a field "Tenant_ID" must not exist beside "tenant_id" either.
+        let is_tenant = |column: &str| column.eq_ignore_ascii_case(&field);
+        if tenant_column.as_deref().is_some_and(is_tenant) || is_tenant(&rules.tenant_column) {
             problems.add(
                 "endpoint.toml",
                 None,

@@ -166,6 +166,10 @@ impl Catalog {
         &self.builtins
     }
 
+    pub fn replay_functions(&self) -> &[ReplayFunction] {
+        &self.replays
+    }
+
     /// The spool replay function of this name, if there is one.
     pub fn replay_by_name(&self, name: &str) -> Option<&ReplayFunction> {
         self.replays.iter().find(|replay| replay.name == name)

@@ -155,15 +155,26 @@ async fn write(
     token: &str,
     deadline: Instant,
 ) -> Result<(), QueryError> {
-    let (client, _generation) = state.executor.client_for(who.role())?;
-    let budget = deadline
-        .saturating_duration_since(Instant::now())
-        .saturating_sub(SPOOL_RESERVE)
-        .clamp(Duration::from_secs(1), INSERT_TIMEOUT);
-    match tokio::time::timeout(budget, writer::insert(&client, endpoint.table(), batch, token, budget)).await {
-        Ok(result) => result,
-        // The insert may have reached ClickHouse; the spool's replay uses the same token.
-        Err(_) => Err(QueryError::Unavailable(format!("no answer within {budget:?}"))),
+    let mut retried = false;
+    loop {
+        let (client, generation) = state.executor.client_for(who.role())?;
+        let budget = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(SPOOL_RESERVE)
+            .clamp(Duration::from_secs(1), INSERT_TIMEOUT);
+        let result =
+            match tokio::time::timeout(budget, writer::insert(&client, endpoint.table(), batch, token, budget)).await {
+                Ok(result) => result,
+                // The insert may have reached ClickHouse; the spool's replay uses the same token.
+                Err(_) => Err(QueryError::Unavailable(format!("no answer within {budget:?}"))),
+            };
+        // A rotated password, as for queries: one retry with what the vault holds now.
+        match result {
+            Err(error) if !retried && error.is_login_rejected() && state.executor.login_rejected(generation).await => {
+                retried = true;
+            }
+            result => return result,
+        }
     }
 }
 

@@ -184,6 +184,11 @@ impl Executor {
         reachability
     }
 
+    /// ClickHouse refused logins of `generation`: whether newer ones are now in place.
+    pub async fn login_rejected(&self, generation: u64) -> bool {
+        self.runner.login_rejected(generation).await
+    }
+
     /// Whether the circuit breaker is refusing queries now.
     pub fn circuit_open(&self) -> bool {
         self.breaker.open_for().is_some()
