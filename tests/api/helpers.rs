@@ -333,3 +333,17 @@ pub fn error_code(error: &clickhouse::error::Error) -> Option<u32> {
     let digits: String = text[start..].chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
+
+/// The fixture endpoint's table, in the test's own database.
+pub async fn create_clicks(app: &TestApp) {
+    app.database
+        .client()
+        .query(
+            "CREATE TABLE clicks (ts DateTime64(3), tenant_id String, path String, duration_ms UInt32, \
+             tags Array(String)) ENGINE = MergeTree ORDER BY (tenant_id, ts) \
+             SETTINGS non_replicated_deduplication_window = 1000",
+        )
+        .execute()
+        .await
+        .expect("creating clicks");
+}

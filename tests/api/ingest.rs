@@ -3,21 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, problem, spawn_app, spawn_app_with, use_shipped_catalog};
-
-/// The fixture endpoint's table, in the test's own database.
-async fn create_clicks(app: &TestApp) {
-    app.database
-        .client()
-        .query(
-            "CREATE TABLE clicks (ts DateTime64(3), tenant_id String, path String, duration_ms UInt32, \
-             tags Array(String)) ENGINE = MergeTree ORDER BY (tenant_id, ts) \
-             SETTINGS non_replicated_deduplication_window = 1000",
-        )
-        .execute()
-        .await
-        .expect("creating clicks");
-}
+use crate::helpers::{TestApp, create_clicks, problem, spawn_app, spawn_app_with, use_shipped_catalog};
 
 async fn post(app: &TestApp, body: &Value, key: Option<&str>) -> reqwest::Response {
     let mut request = app

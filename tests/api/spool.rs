@@ -11,7 +11,7 @@ use chgate::ingest::spool::{Spool, SpoolSettings};
 use chgate::secrets::CredentialChoice;
 use serde_json::{Value, json};
 
-use crate::helpers::{TcpProxy, TestApp, connection, problem, spawn_app_with};
+use crate::helpers::{TcpProxy, TestApp, connection, create_clicks, problem, spawn_app_with};
 
 /// An account SAS for Azurite's well-known account (version 2025-11-05 signs an empty
 /// encryption-scope line too).
@@ -53,17 +53,22 @@ fn spool_settings() -> Option<SpoolSettings> {
     })
 }
 
-async fn create_clicks(app: &TestApp) {
-    app.database
-        .client()
-        .query(
-            "CREATE TABLE clicks (ts DateTime64(3), tenant_id String, path String, duration_ms UInt32, \
-             tags Array(String)) ENGINE = MergeTree ORDER BY (tenant_id, ts) \
-             SETTINGS non_replicated_deduplication_window = 1000",
-        )
-        .execute()
-        .await
-        .expect("creating clicks");
+/// An app with `settings`' spool, reaching ClickHouse through a proxy the test can cut, with
+/// the clicks table created.
+async fn app_behind_proxy(settings: &SpoolSettings) -> (TestApp, TcpProxy) {
+    let proxy = TcpProxy::start(connection().url.trim_start_matches("http://")).await;
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let spool = settings.clone();
+    let app = spawn_app_with(move |s| {
+        s.clickhouse.url = proxy_url;
+        s.spool = Some(spool);
+        // The breaker would send batches straight to the spool while open; keep it out of the
+        // way so that inserts meet the outage itself.
+        s.serving.breaker_failures = 1000;
+    })
+    .await;
+    create_clicks(&app).await;
+    (app, proxy)
 }
 
 async fn count(app: &TestApp) -> u64 {
@@ -171,15 +176,7 @@ async fn with_clickhouse_down_batches_are_spooled_and_replayed_exactly_once() {
         eprintln!("skipped: no Azurite (run with cargo xtask test)");
         return;
     };
-    let mut proxy = TcpProxy::start(connection().url.trim_start_matches("http://")).await;
-    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
-    let spool_for_app = settings.clone();
-    let app = spawn_app_with(move |s| {
-        s.clickhouse.url = proxy_url;
-        s.spool = Some(spool_for_app);
-    })
-    .await;
-    create_clicks(&app).await;
+    let (app, mut proxy) = app_behind_proxy(&settings).await;
     proxy.cut().await;
 
     let small = batch("small", 3, 0);
@@ -299,15 +296,7 @@ async fn the_operator_command_shows_and_drains_the_spool_without_the_host() {
         eprintln!("skipped: no Azurite (run with cargo xtask test)");
         return;
     };
-    let mut proxy = TcpProxy::start(connection().url.trim_start_matches("http://")).await;
-    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
-    let spool_for_app = settings.clone();
-    let app = spawn_app_with(move |s| {
-        s.clickhouse.url = proxy_url;
-        s.spool = Some(spool_for_app);
-    })
-    .await;
-    create_clicks(&app).await;
+    let (app, mut proxy) = app_behind_proxy(&settings).await;
     proxy.cut().await;
     for key in ["cli-1", "cli-2"] {
         let response: Value = post(&app, &batch(key, 5, 0), key).await.json().await.expect("json");
@@ -366,20 +355,8 @@ async fn under_steady_load_through_an_outage_every_acknowledged_event_is_stored_
         eprintln!("skipped: no Azurite (run with cargo xtask test)");
         return;
     };
-    let mut proxy = TcpProxy::start(connection().url.trim_start_matches("http://")).await;
-    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
-    let spool_for_app = settings.clone();
-    let app = std::sync::Arc::new(
-        spawn_app_with(move |s| {
-            s.clickhouse.url = proxy_url;
-            s.spool = Some(spool_for_app);
-            // The breaker would send batches straight to the spool while open; keep it out of
-            // the way so that inserts meet the outage itself.
-            s.serving.breaker_failures = 1000;
-        })
-        .await,
-    );
-    create_clicks(&app).await;
+    let (app, mut proxy) = app_behind_proxy(&settings).await;
+    let app = std::sync::Arc::new(app);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut senders = Vec::new();
     for sender in 0..4 {
