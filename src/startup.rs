@@ -189,12 +189,7 @@ fn deployment_version(functions_dir: &Path, access_policy: &Path) -> Arc<str> {
         digest.update(&std::fs::read(&file).unwrap_or_default());
     }
     let hash = digest.finish();
-    Arc::from(
-        hash.as_ref()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
-    )
+    Arc::from(crate::text::hex(&hash.as_ref()[..12]))
 }
 
 /// host.json's `extensions.http.routePrefix` ("api" when absent, as the host defaults).

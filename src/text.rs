@@ -1,5 +1,6 @@
-//! Caller-provided text that an error message echoes back is cut short, so a hostile key or
-//! value cannot make an error huge.
+//! Small text helpers: caller-provided text that an error message echoes back is cut short,
+//! so a hostile key or value cannot make an error huge; and bytes as lowercase hex (digests,
+//! signatures, tokens).
 
 /// Characters of caller text an error message repeats.
 const MAX_ECHO_CHARS: usize = 64;
@@ -11,4 +12,9 @@ pub fn shorten(text: &str) -> String {
     } else {
         format!("{}…", text.chars().take(MAX_ECHO_CHARS).collect::<String>())
     }
+}
+
+/// `bytes` as lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -99,7 +99,7 @@ fn subject_of(claims: &Claims) -> &str {
 /// A stable, non-reversible name for a subject, for logs and ClickHouse's query log.
 pub fn subject_hash(subject: &str) -> String {
     let digest = digest::digest(&digest::SHA256, subject.as_bytes());
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::text::hex(&digest.as_ref()[..8])
 }
 
 /// Permission for one caller to run one endpoint, with the identity the query carries.

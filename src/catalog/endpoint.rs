@@ -796,19 +796,7 @@ fn check_access(
             "roles is missing or empty: list the roles that may call this endpoint (nobody may call an endpoint without roles)",
         );
     }
-    for role in &endpoint_toml.roles {
-        if !rules.roles.contains(role) {
-            let known: Vec<&str> = rules.roles.iter().map(String::as_str).collect();
-            problems.add(
-                "endpoint.toml",
-                line,
-                format!(
-                    "role {role:?} is not defined in the access policy (defined: {})",
-                    known.join(", ")
-                ),
-            );
-        }
-    }
+    check_roles_defined(&endpoint_toml.roles, rules, line, problems);
     for setting in &rules.protected_settings {
         if scan.identifiers.contains(setting) {
             problems.add(
@@ -994,4 +982,26 @@ fn formats(endpoint_toml: &EndpointToml, toml_text: &str, problems: &mut Problem
         );
     }
     formats
+}
+
+/// Every role a function names must be one the access policy defines.
+pub(super) fn check_roles_defined(
+    roles: &[String],
+    rules: &AccessRules,
+    line: Option<usize>,
+    problems: &mut Problems<'_>,
+) {
+    for role in roles {
+        if !rules.roles.contains(role) {
+            let known: Vec<&str> = rules.roles.iter().map(String::as_str).collect();
+            problems.add(
+                "endpoint.toml",
+                line,
+                format!(
+                    "role {role:?} is not defined in the access policy (defined: {})",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::AccessRules;
-use super::endpoint::{Method, Problems, methods, route};
+use super::endpoint::{Method, Problems, check_roles_defined, methods, route};
 use super::files::{BindingJson, IngestToml};
 use super::param::ParamSpec;
 use super::route::Route;
@@ -100,15 +100,7 @@ pub(super) fn load_ingest(
             "roles is empty; name the roles that may send events",
         );
     }
-    for role in &toml.roles {
-        if !rules.roles.contains(role) {
-            problems.add(
-                "endpoint.toml",
-                None,
-                format!("role {role:?} is not defined in the access policy"),
-            );
-        }
-    }
+    check_roles_defined(&toml.roles, rules, None, problems);
     if !is_table_name(&toml.table) {
         problems.add(
             "endpoint.toml",

@@ -27,7 +27,7 @@ pub fn dedup_token(endpoint: &str, tenant: Option<&str>, key: &str) -> String {
         &aws_lc_rs::digest::SHA256,
         format!("{endpoint}\u{1f}{}\u{1f}{key}", tenant.unwrap_or_default()).as_bytes(),
     );
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::text::hex(digest.as_ref())
 }
 
 /// Failures worth spooling (or replaying later) for: ClickHouse unreachable, out of

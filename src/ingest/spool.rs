@@ -21,6 +21,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::CredentialChoice;
+use crate::text::hex;
 
 /// Where the spool is (`CHGATE_SPOOL_*` app settings).
 #[derive(Debug, Clone)]
@@ -396,8 +397,4 @@ pub fn decode(text: &str) -> Result<SpooledBatch, String> {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
