@@ -17,7 +17,7 @@ pub const MAX_ROWS: usize = 100_000;
 pub const MAX_BYTES: usize = 32 << 20;
 
 /// A checked ingest endpoint.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IngestEndpoint {
     name: String,
     route: Route,

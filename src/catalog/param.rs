@@ -65,6 +65,9 @@ pub enum RawValue<'a> {
     Query(&'a [String]),
     /// From a JSON request body.
     Json(&'a Json),
+    /// A JSON string from a request body, already unescaped: the same as `Json` of that
+    /// string, without building the JSON value first.
+    JsonString(&'a str),
 }
 
 /// A parsed, constraint-checked value, ready for the `clickhouse` crate's `.param()`.
@@ -207,6 +210,10 @@ impl ParamSpec {
             RawValue::Query([]) => return self.missing(),
             RawValue::Query(values) => self.rules.query(&self.ty, values),
             RawValue::Json(value) => self.rules.json(&self.ty, value),
+            RawValue::JsonString(text) => self.rules.json_string(&self.ty, text).map_err(|problem| Failure {
+                got: show_text(text),
+                problem,
+            }),
         };
         parsed.map_err(|failure| self.error(failure))
     }
@@ -631,6 +638,7 @@ impl Rules {
 
     fn json_item(&self, ty: &ParamType, value: &Json) -> Result<ParamValue, Problem> {
         match (ty, value) {
+            (ty, Json::String(text)) => self.json_string(ty, text),
             (ParamType::Nullable(_), Json::Null) => Ok(ParamValue::Null),
             (_, Json::Null) => Err(Problem::Invalid(format!(
                 "null is not accepted, because {ty} is not Nullable"
@@ -641,6 +649,16 @@ impl Rules {
                 json_kind(other)
             ))),
             (ty, value) => self.check(json_scalar(ty.inner(), value).map_err(Problem::Invalid)?),
+        }
+    }
+
+    /// A JSON string: the text form of any scalar type, never an array.
+    fn json_string(&self, ty: &ParamType, text: &str) -> Result<ParamValue, Problem> {
+        match ty {
+            ParamType::Array(_) => Err(Problem::Invalid(format!(
+                "a JSON string is not accepted for {ty}; send a JSON array"
+            ))),
+            ty => self.check(parse_scalar(ty.inner(), text).map_err(Problem::Invalid)?),
         }
     }
 
@@ -1067,7 +1085,9 @@ fn calendar_date(year: &str, month: &str, day: &str) -> Result<Date, String> {
 /// Text with an offset names an instant, which is passed on as Unix seconds: the server reads
 /// an all-digits DateTime parameter as a Unix timestamp, whatever the type's time zone.
 fn parse_datetime(text: &str, precision: Option<u8>) -> Result<Scalar, String> {
-    if let Some(captures) = UNIX_TIME.captures(text) {
+    // Most values are dates; the captures are only worth running on what could be a number.
+    let could_be_unix = text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    if let Some(captures) = could_be_unix.then(|| UNIX_TIME.captures(text)).flatten() {
         let negative = !captures[1].is_empty();
         let fraction = captures.get(3).map_or("", |found| found.as_str());
         return unix_time(negative, &captures[2], fraction, precision);
@@ -1154,7 +1174,10 @@ fn fraction_nanos(fraction: &str, precision: Option<u8>) -> Result<u32, String> 
         }
         Some(_) => {}
     }
-    number(&format!("{fraction:0<9}"))
+    // At most 9 digits (the largest precision), so the scaled value fits a u32.
+    let digits: u32 = number(fraction)?;
+    let width = u32::try_from(fraction.len()).unwrap_or(9);
+    Ok(digits * 10u32.pow(9u32.saturating_sub(width)))
 }
 
 fn utc_offset(text: &str) -> Result<UtcOffset, String> {
@@ -1189,18 +1212,48 @@ fn unix_text(nanos: i128, digits: usize) -> Result<String, String> {
              sent as a Unix time (ClickHouse misreads it); send it without an offset"
             .to_owned());
     }
-    let sign = if nanos < 0 { "-" } else { "" };
-    let mut text = format!("{sign}{seconds:010}");
+    let mut text = String::with_capacity(32);
+    if nanos < 0 {
+        text.push('-');
+    }
+    let mut buffer = itoa::Buffer::new();
+    let whole = buffer.format(seconds);
+    text.extend(std::iter::repeat_n('0', 10usize.saturating_sub(whole.len())));
+    text.push_str(whole);
     if digits > 0 {
-        let sub = format!("{sub:09}");
+        // The first `digits` of the nanoseconds written with nine digits: leading zeros, then
+        // the number's own digits.
+        let own = buffer.format(sub);
+        let zeros = 9usize.saturating_sub(own.len()).min(digits);
         text.push('.');
-        text.push_str(sub.get(..digits).unwrap_or(&sub));
+        text.extend(std::iter::repeat_n('0', zeros));
+        text.push_str(own.get(..digits - zeros).unwrap_or(own));
     }
     Ok(text)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unix_text_pads_seconds_and_keeps_the_fraction_digits_sent() {
+        let nanos = |seconds: i128, sub: i128| seconds * NANOS_PER_SECOND + sub;
+        assert_eq!(unix_text(nanos(1, 50_000_000), 3).as_deref(), Ok("0000000001.050"));
+        assert_eq!(
+            unix_text(nanos(1_796_256_000, 250_000_000), 3).as_deref(),
+            Ok("1796256000.250")
+        );
+        assert_eq!(unix_text(nanos(7, 1), 9).as_deref(), Ok("0000000007.000000001"));
+        assert_eq!(unix_text(nanos(7, 0), 2).as_deref(), Ok("0000000007.00"));
+        assert_eq!(unix_text(nanos(12_345_678_901, 0), 0).as_deref(), Ok("12345678901"));
+        assert_eq!(
+            unix_text(-nanos(86_400, 500_000_000), 1).as_deref(),
+            Ok("-0000086400.5")
+        );
+        assert_eq!(fraction_nanos("05", Some(3)), Ok(50_000_000));
+        assert_eq!(fraction_nanos("123456789", Some(9)), Ok(123_456_789));
+        assert_eq!(fraction_nanos("", None), Ok(0));
+    }
+
     use serde_json::json;
 
     use super::*;

@@ -3,10 +3,11 @@
 //! stamped, and the rows written out as JSONEachRow for ClickHouse. All or nothing: one bad
 //! row and the whole batch is refused, with the first bad rows listed.
 
-use serde_json::Value;
+use std::borrow::Cow;
 
+use super::rows::{self, FieldValue, Row, RowSink};
 use crate::catalog::IngestEndpoint;
-use crate::catalog::param::RawValue;
+use crate::catalog::param::ParamSpec;
 
 /// How many bad rows a refusal lists (the count says how many there were in all).
 pub const LISTED_PROBLEMS: usize = 20;
@@ -79,163 +80,210 @@ impl Layout {
 
 /// Checks every row of `body` and builds the batch; `tenant` is stamped into the endpoint's
 /// tenant column (the caller has one whenever the endpoint has such a column).
+///
+/// Rows are checked as they are read, each dropped once written: no tree of the whole body is
+/// built, and a batch over the row limit stops at the first row too many.
 pub fn parse(
     endpoint: &IngestEndpoint,
     tenant: Option<&str>,
     layout: Layout,
     body: &[u8],
 ) -> Result<Batch, BatchError> {
-    let rows = split_rows(layout, body, endpoint.max_rows())?;
-    if rows.is_empty() {
-        return Err(BatchError::Empty);
-    }
-    let mut out = Vec::with_capacity(body.len() + rows.len() * 32);
-    let mut listed = Vec::new();
-    let mut total = 0;
-    for (index, row) in rows.iter().enumerate() {
-        // Once a row has failed, the batch will be refused: the rest is only checked.
-        let sink = (total == 0).then_some(&mut out);
-        match check_row(endpoint, tenant, index + 1, row, sink) {
-            Ok(()) => {}
-            Err(RowFailure::Tenant(mismatch)) => return Err(mismatch),
-            Err(RowFailure::Problems(problems)) => {
-                total += 1;
-                let room = LISTED_PROBLEMS.saturating_sub(listed.len());
-                listed.extend(problems.into_iter().take(room));
-            }
-        }
-    }
-    if total > 0 {
-        return Err(BatchError::InvalidRows { total, listed });
-    }
-    Ok(Batch {
-        rows: rows.len(),
-        body: out.into(),
-    })
+    let plan = Plan::new(endpoint, tenant);
+    let mut checker = Checker::new(&plan, body.len() + body.len() / 8);
+    rows::read(layout, body, &mut checker)?;
+    checker.finish()
 }
 
-/// The body's rows, as JSON values, refusing more than `max_rows`.
-fn split_rows(layout: Layout, body: &[u8], max_rows: usize) -> Result<Vec<Value>, BatchError> {
-    let rows = match layout {
-        Layout::Json => match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(rows)) => rows,
-            Ok(object @ Value::Object(_)) => vec![object],
-            Ok(_) => return Err(BatchError::NotJson("a JSON array of objects".into())),
-            Err(error) => return Err(BatchError::NotJson(format!("valid JSON ({error})"))),
-        },
-        Layout::NdJson => {
-            let mut rows = Vec::new();
-            for (number, line) in body.split(|&b| b == b'\n').enumerate() {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                if rows.len() == max_rows {
-                    return Err(BatchError::TooManyRows { limit: max_rows });
-                }
-                let row = serde_json::from_slice::<Value>(line).map_err(|error| {
-                    BatchError::NotJson(format!("NDJSON: line {} is not JSON ({error})", number + 1))
-                })?;
-                rows.push(row);
-            }
-            rows
-        }
-    };
-    if rows.len() > max_rows {
-        return Err(BatchError::TooManyRows { limit: max_rows });
-    }
-    Ok(rows)
+/// What every row is checked against and written with, worked out once per batch.
+struct Plan<'e> {
+    endpoint: &'e IngestEndpoint,
+    tenant: Option<&'e str>,
+    /// The declared fields, in the order they are written.
+    fields: Vec<(&'e str, &'e ParamSpec)>,
+    /// Each field's `"name":` as written, with the separating comma after the first.
+    prefixes: Vec<Vec<u8>>,
+    /// The stamped tenant column, `,"column":"tenant"`, closing every row.
+    tenant_suffix: Vec<u8>,
 }
 
-enum RowFailure {
-    Tenant(BatchError),
-    Problems(Vec<RowProblem>),
-}
-
-/// One row, checked and typed; written to `out` as a JSONEachRow line, with the tenant
-/// stamped, when it is good and `out` is given.
-fn check_row(
-    endpoint: &IngestEndpoint,
-    tenant: Option<&str>,
-    number: usize,
-    row: &Value,
-    mut out: Option<&mut Vec<u8>>,
-) -> Result<(), RowFailure> {
-    let problem = |field: Option<&str>, expected: Option<&str>, problem: String| RowProblem {
-        row: number,
-        field: field.map(str::to_owned),
-        expected: expected.map(str::to_owned),
-        problem,
-    };
-    let Value::Object(object) = row else {
-        return Err(RowFailure::Problems(vec![problem(
-            None,
-            None,
-            "a row must be a JSON object of field names and values".into(),
-        )]));
-    };
-    let mut problems = Vec::new();
-    let tenant_column = endpoint.tenant_column();
-    for (key, value) in object {
-        if Some(key.as_str()) == tenant_column {
-            // The tenant comes from the token; a payload may repeat it, never change it.
-            let claimed = value.as_str().unwrap_or_default();
-            if Some(claimed) != tenant {
-                return Err(RowFailure::Tenant(BatchError::TenantMismatch {
-                    row: number,
-                    claimed: crate::text::shorten(&value.to_string()),
-                    tenant: tenant.unwrap_or_default().to_owned(),
-                }));
+impl<'e> Plan<'e> {
+    fn new(endpoint: &'e IngestEndpoint, tenant: Option<&'e str>) -> Self {
+        let fields: Vec<_> = endpoint
+            .fields()
+            .iter()
+            .map(|(name, spec)| (name.as_str(), spec))
+            .collect();
+        let prefixes = fields
+            .iter()
+            .enumerate()
+            .map(|(index, (name, _))| {
+                let mut prefix = if index > 0 { vec![b','] } else { Vec::new() };
+                // Names are checked identifiers; writing into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut prefix, name);
+                prefix.push(b':');
+                prefix
+            })
+            .collect();
+        let mut tenant_suffix = Vec::new();
+        if let (Some(column), Some(tenant)) = (endpoint.tenant_column(), tenant) {
+            if !fields.is_empty() {
+                tenant_suffix.push(b',');
             }
-        } else if !endpoint.fields().contains_key(key) {
-            problems.push(problem(
-                Some(&crate::text::shorten(key)),
-                None,
-                "unknown field; the endpoint takes only its declared fields".into(),
-            ));
+            let _ = serde_json::to_writer(&mut tenant_suffix, column);
+            tenant_suffix.push(b':');
+            let _ = serde_json::to_writer(&mut tenant_suffix, tenant);
+        }
+        Plan {
+            endpoint,
+            tenant,
+            fields,
+            prefixes,
+            tenant_suffix,
         }
     }
-    let start = out.as_ref().map_or(0, |out| out.len());
-    if let Some(out) = out.as_deref_mut() {
-        out.push(b'{');
+}
+
+/// Checks rows one by one and writes the good ones out, until the first bad row; after that,
+/// rows are only checked, to list their problems.
+struct Checker<'p, 'e> {
+    plan: &'p Plan<'e>,
+    /// Per row: where each declared field is among the row's fields.
+    slots: Vec<Option<usize>>,
+    out: Vec<u8>,
+    rows: usize,
+    invalid: usize,
+    listed: Vec<RowProblem>,
+}
+
+impl<'de> RowSink<'de> for Checker<'_, '_> {
+    fn take(&mut self, row: Row<'de>) -> Result<(), BatchError> {
+        self.check(&row)
     }
-    for (index, (name, spec)) in endpoint.fields().iter().enumerate() {
-        let parsed = match object.get(name) {
-            Some(value) => spec.parse(RawValue::Json(value)),
-            None => spec.missing(),
+}
+
+impl<'p, 'e> Checker<'p, 'e> {
+    fn new(plan: &'p Plan<'e>, room: usize) -> Self {
+        Checker {
+            plan,
+            slots: vec![None; plan.fields.len()],
+            out: Vec::with_capacity(room),
+            rows: 0,
+            invalid: 0,
+            listed: Vec::new(),
+        }
+    }
+
+    /// Checks the next row: a problem is recorded, a row over the limit or of another tenant
+    /// refuses the batch at once.
+    fn finish(self) -> Result<Batch, BatchError> {
+        if self.rows == 0 {
+            return Err(BatchError::Empty);
+        }
+        if self.invalid > 0 {
+            return Err(BatchError::InvalidRows {
+                total: self.invalid,
+                listed: self.listed,
+            });
+        }
+        Ok(Batch {
+            rows: self.rows,
+            body: self.out.into(),
+        })
+    }
+
+    fn check(&mut self, row: &Row<'_>) -> Result<(), BatchError> {
+        self.rows += 1;
+        let number = self.rows;
+        let limit = self.plan.endpoint.max_rows();
+        if number > limit {
+            return Err(BatchError::TooManyRows { limit });
+        }
+        let problems = match row {
+            Row::NotObject => vec![RowProblem {
+                row: number,
+                field: None,
+                expected: None,
+                problem: "a row must be a JSON object of field names and values".into(),
+            }],
+            Row::Object(fields) => self.check_object(number, fields)?,
         };
-        match parsed {
-            Ok(value) => {
-                if let Some(out) = out.as_deref_mut() {
-                    if index > 0 {
-                        out.push(b',');
-                    }
-                    // Names are checked identifiers and values serialise infallibly into a Vec.
-                    let _ = serde_json::to_writer(&mut *out, name);
-                    out.push(b':');
-                    let _ = serde_json::to_writer(&mut *out, &value);
+        if !problems.is_empty() {
+            self.invalid += 1;
+            let room = LISTED_PROBLEMS.saturating_sub(self.listed.len());
+            self.listed.extend(problems.into_iter().take(room));
+        }
+        Ok(())
+    }
+
+    /// One object, checked and typed; written out, with the tenant stamped, while every row
+    /// so far has been good.
+    fn check_object(
+        &mut self,
+        number: usize,
+        sent: &[(Cow<'_, str>, FieldValue<'_>)],
+    ) -> Result<Vec<RowProblem>, BatchError> {
+        let plan = self.plan;
+        let problem = |field: &str, expected: Option<&str>, problem: String| RowProblem {
+            row: number,
+            field: Some(crate::text::shorten(field)),
+            expected: expected.map(str::to_owned),
+            problem,
+        };
+        let mut problems = Vec::new();
+        self.slots.fill(None);
+        let tenant_column = plan.endpoint.tenant_column();
+        for (position, (name, value)) in sent.iter().enumerate() {
+            if Some(name.as_ref()) == tenant_column {
+                // The tenant comes from the token; a payload may repeat it, never change it.
+                let claimed = value.as_str().unwrap_or_default();
+                if Some(claimed) != plan.tenant {
+                    return Err(BatchError::TenantMismatch {
+                        row: number,
+                        claimed: crate::text::shorten(&value.to_json()),
+                        tenant: plan.tenant.unwrap_or_default().to_owned(),
+                    });
                 }
+            } else if let Some(slot) = plan.fields.iter().position(|(declared, _)| declared == name) {
+                if self.slots[slot].replace(position).is_some() {
+                    problems.push(problem(name, None, "given more than once; send each field once".into()));
+                }
+            } else {
+                problems.push(problem(
+                    name,
+                    None,
+                    "unknown field; the endpoint takes only its declared fields".into(),
+                ));
             }
-            Err(error) => problems.push(problem(Some(name), Some(error.expected()), error.problem().to_owned())),
         }
-    }
-    if !problems.is_empty() {
-        if let Some(out) = out {
-            out.truncate(start);
+        let writing = self.invalid == 0;
+        let start = self.out.len();
+        if writing {
+            self.out.push(b'{');
         }
-        return Err(RowFailure::Problems(problems));
-    }
-    if let Some(out) = out {
-        if let (Some(column), Some(tenant)) = (tenant_column, tenant) {
-            if !endpoint.fields().is_empty() {
-                out.push(b',');
+        for (slot, (name, spec)) in plan.fields.iter().enumerate() {
+            let parsed = match self.slots[slot] {
+                Some(position) => spec.parse(sent[position].1.as_raw()),
+                None => spec.missing(),
+            };
+            match parsed {
+                Ok(value) if writing && problems.is_empty() => {
+                    self.out.extend_from_slice(&plan.prefixes[slot]);
+                    // Values serialise infallibly into a Vec.
+                    let _ = serde_json::to_writer(&mut self.out, &value);
+                }
+                Ok(_) => {}
+                Err(error) => problems.push(problem(name, Some(error.expected()), error.problem().to_owned())),
             }
-            let _ = serde_json::to_writer(&mut *out, column);
-            out.push(b':');
-            let _ = serde_json::to_writer(&mut *out, tenant);
         }
-        out.extend_from_slice(b"}\n");
+        if !problems.is_empty() {
+            self.out.truncate(start);
+        } else if writing {
+            self.out.extend_from_slice(&plan.tenant_suffix);
+            self.out.extend_from_slice(b"}\n");
+        }
+        Ok(problems)
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -260,6 +308,7 @@ mod tests {
     use super::tests_support::clicks;
     use super::*;
     use crate::catalog::Catalog;
+    use serde_json::Value;
 
     fn parse_with(catalog: &Catalog, layout: Layout, body: &str) -> Result<Batch, BatchError> {
         let endpoint = &catalog.ingest_endpoints()[0];
@@ -323,6 +372,64 @@ mod tests {
         assert_eq!(
             parse_with(&catalog, Layout::NdJson, "\n\n").err(),
             Some(BatchError::Empty)
+        );
+    }
+
+    #[test]
+    fn bad_rows_are_listed_by_row_and_field_and_nothing_is_kept() {
+        let catalog = clicks();
+        let body = r#"[{"ts":"2026-12-01T10:00:00Z","path":"/ok"},
+            7,
+            {"ts":"2026-12-01T10:00:00Z","path":"/a","path":"/b"},
+            {"ts":"2026-12-01T10:00:00Z","p\u0061th":"/escaped name","colour":"red"}]"#;
+        let Err(BatchError::InvalidRows { total, listed }) = parse_with(&catalog, Layout::Json, body) else {
+            panic!("refused");
+        };
+        assert_eq!(total, 3);
+        let seen: Vec<_> = listed
+            .iter()
+            .map(|problem| (problem.row, problem.field.as_deref(), problem.problem.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (2, None, "a row must be a JSON object of field names and values"),
+                (3, Some("path"), "given more than once; send each field once"),
+                (
+                    4,
+                    Some("colour"),
+                    "unknown field; the endpoint takes only its declared fields"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_rows_is_refused_as_a_whole() {
+        let catalog = clicks();
+        for body in ["7", "\"rows\"", "null", "[{\"path\":\"/x\"}] trailing", "[{\"path\":"] {
+            assert!(
+                matches!(parse_with(&catalog, Layout::Json, body), Err(BatchError::NotJson(_))),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            parse_with(&catalog, Layout::Json, "true").err(),
+            Some(BatchError::NotJson("a JSON array of objects".into()))
+        );
+        let one = parse_with(&catalog, Layout::Json, r#"{"ts":"2026-12-01T10:00:00Z","path":"/one"}"#);
+        assert_eq!(one.map(|batch| batch.rows), Ok(1));
+    }
+
+    #[test]
+    fn a_json_array_over_the_limit_stops_at_the_first_row_too_many() {
+        let catalog = clicks();
+        let row = r#"{"ts":"2026-12-01T10:00:00Z","path":"/x"},"#;
+        // The body is cut after the 1001st row: reading must stop before it reaches the end.
+        let body = format!("[{}", row.repeat(1001));
+        assert_eq!(
+            parse_with(&catalog, Layout::Json, &body).err(),
+            Some(BatchError::TooManyRows { limit: 1000 })
         );
     }
 

@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod replay;
+mod rows;
 pub mod schema;
 pub mod spool;
 pub mod writer;
