@@ -11,7 +11,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::problem::ApiError;
-use super::query::{AppState, BODY_READ_TIMEOUT, bearer_token, header_text, read_body, request_timeout};
+use super::query::{AppState, BODY_READ_TIMEOUT, bearer_token, header_text, read_body_sized, request_timeout};
 use crate::access::{Caller, TokenError, Who};
 use crate::catalog::IngestEndpoint;
 use crate::ingest::batch::{self, Batch, Layout};
@@ -73,7 +73,9 @@ async fn accept(
     let _admission = state.executor.admit(&who).map_err(ApiError::Limited)?;
     let key =
         idempotency_key(header_text(request, "idempotency-key").as_deref()).map_err(ApiError::InvalidIdempotencyKey)?;
-    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(payload, endpoint.max_bytes())).await {
+    let announced = header_text(request, header::CONTENT_LENGTH.as_str()).and_then(|length| length.parse().ok());
+    let reading = read_body_sized(payload, endpoint.max_bytes(), announced);
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, reading).await {
         Ok(Ok(body)) => body,
         Ok(Err(ApiError::BodyTooLarge(limit))) => {
             return Err(ApiError::BatchTooLarge(format!("the body is over {limit} bytes")));
@@ -82,7 +84,7 @@ async fn accept(
         Err(_) => return Err(ApiError::BodyTimeout(BODY_READ_TIMEOUT)),
     };
     let layout = Layout::of(header_text(request, header::CONTENT_TYPE.as_str()).as_deref(), &body);
-    let batch = batch::parse(endpoint, who.tenant(), layout, &body)?;
+    let batch = check_rows(endpoint, who.tenant(), layout, body).await?;
     // Without the caller's key the batch still gets one, returned, so a retry can reuse it.
     let batch_id = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let token = dedup_token(endpoint.name(), who.tenant(), &batch_id);
@@ -144,6 +146,32 @@ async fn accept(
 
 /// What an insert may take: the request's time left, less what the spool may need, and at
 /// most half a minute (a longer wait is better spent spooling).
+/// Bodies up to this size are checked on the request's own thread; larger ones (tens of
+/// milliseconds of work for thousands of rows) on a blocking thread, so the server's few
+/// workers stay free for other requests meanwhile.
+const CHECK_INLINE_BYTES: usize = 64 * 1024;
+
+async fn check_rows(
+    endpoint: &IngestEndpoint,
+    tenant: Option<&str>,
+    layout: Layout,
+    body: bytes::Bytes,
+) -> Result<Batch, ApiError> {
+    if body.len() <= CHECK_INLINE_BYTES {
+        return Ok(batch::parse(endpoint, tenant, layout, &body)?);
+    }
+    let endpoint = endpoint.clone();
+    let tenant = tenant.map(str::to_owned);
+    let checked = tokio::task::spawn_blocking(move || batch::parse(&endpoint, tenant.as_deref(), layout, &body)).await;
+    match checked {
+        Ok(parsed) => Ok(parsed?),
+        Err(error) => {
+            tracing::error!(error = %error, "checking an ingest batch failed");
+            Err(ApiError::Internal)
+        }
+    }
+}
+
 const SPOOL_RESERVE: Duration = Duration::from_secs(10);
 const INSERT_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -176,8 +176,14 @@ fn query_failure(error: &ExecError, endpoint: &Endpoint, request_id: &str) -> Ap
 }
 
 /// Reads a request body up to `limit` bytes; more is refused (and not read further).
-pub async fn read_body(mut payload: Payload, limit: usize) -> Result<Bytes, ApiError> {
-    let mut body = BytesMut::new();
+pub async fn read_body(payload: Payload, limit: usize) -> Result<Bytes, ApiError> {
+    read_body_sized(payload, limit, None).await
+}
+
+/// [`read_body`], with room made up front for a body announced as `expected` bytes (at most
+/// `limit`), so a large body is not copied each time the buffer grows.
+pub async fn read_body_sized(mut payload: Payload, limit: usize, expected: Option<usize>) -> Result<Bytes, ApiError> {
+    let mut body = BytesMut::with_capacity(expected.unwrap_or(0).min(limit));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| ApiError::InvalidBody("the request body could not be read".into()))?;
         if body.len() + chunk.len() > limit {
