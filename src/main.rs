@@ -104,8 +104,7 @@ fn check(args: &CatalogArgs, report: bool, against_clickhouse: bool) -> anyhow::
         None => Settings::from_env()?.functions_dir,
     };
     let prefix = route_prefix(&args.host_json)?;
-    let place = Place::from_env();
-    let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), place)
+    let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), Place::for_checks())
         .with_context(|| format!("loading the access policy {}", args.access_policy.display()))?;
     match Catalog::load(&dir, &prefix, &policy.catalog_rules()) {
         Ok(catalog) if report => {
@@ -196,7 +195,7 @@ fn spool(action: &SpoolAction) -> anyhow::Result<ExitCode> {
             let which = if *poison { Which::Poison } else { Which::Spool };
             let dir = args.dir.clone().unwrap_or(settings.functions_dir.clone());
             let prefix = route_prefix(&args.host_json)?;
-            let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), Place::from_env())?;
+            let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), Place::for_checks())?;
             let catalog = Catalog::load(&dir, &prefix, &policy.catalog_rules()).map_err(|e| anyhow::anyhow!("{e}"))?;
             let client = clickhouse::Client::default()
                 .with_url(&settings.clickhouse.url)

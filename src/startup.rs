@@ -52,6 +52,9 @@ impl Application {
             settings.place,
         )
         .with_context(|| format!("loading the access policy {}", settings.access_policy.display()))?;
+        for reason in policy.left_out() {
+            tracing::info!(reason = %reason, "token issuer left out");
+        }
         let catalog = Catalog::load(&settings.functions_dir, &route_prefix, &policy.catalog_rules())
             .with_context(|| format!("loading the endpoint catalog from {}", settings.functions_dir.display()))?;
         tracing::info!(endpoints = catalog.endpoints().len(), route_prefix = %route_prefix, "catalog loaded");

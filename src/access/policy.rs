@@ -28,6 +28,16 @@ impl Place {
             allow_dev_issuers: std::env::var("CHGATE_ALLOW_DEV_ISSUERS").is_ok_and(|v| v == "1"),
         }
     }
+
+    /// For commands that read the policy without verifying tokens (`handler check`, the spool
+    /// drain): development issuers count as trusted outside Azure, so that checking a source
+    /// checkout does not depend on how its shell is set up.
+    pub fn for_checks() -> Self {
+        Self {
+            allow_dev_issuers: true,
+            ..Self::from_env()
+        }
+    }
 }
 
 /// `access.toml` as written.
@@ -176,6 +186,8 @@ pub struct AccessPolicy {
     roles: BTreeMap<String, Role>,
     grants: Vec<GrantToml>,
     instance_limits: InstanceLimits,
+    /// Issuers of the file not trusted here, each with the reason (logged at start).
+    left_out: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +200,11 @@ pub struct PolicyError {
 impl AccessPolicy {
     /// Reads and checks `path`, applying app-setting overrides from `env`
     /// (`CHGATE_ISSUER__<NAME>__URL`, `CHGATE_ISSUER__<NAME>__AUDIENCES` comma-separated), and
-    /// refusing plain-http and development issuers when `in_azure`.
+    /// refusing plain-http issuers when `in_azure`.
+    ///
+    /// One file serves every place: an issuer without a URL (one each deployment names in its
+    /// app settings) and a development issuer where development issuers are not allowed are
+    /// left out, never trusted; a policy that leaves no issuer trusted is refused.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>, place: Place) -> Result<Self, PolicyError> {
         let fail = |problems: Vec<String>| PolicyError {
             file: path.display().to_string(),
@@ -217,9 +233,24 @@ impl AccessPolicy {
             ));
         }
         let mut issuers = Vec::new();
+        let mut left_out = Vec::new();
         for issuer in toml.issuers {
             let key = issuer.name.to_ascii_uppercase().replace('-', "_");
             let url = env(&format!("CHGATE_ISSUER__{key}__URL")).unwrap_or(issuer.url);
+            if url.trim().is_empty() {
+                left_out.push(format!(
+                    "issuer {}: no URL here (set CHGATE_ISSUER__{key}__URL to trust it)",
+                    issuer.name
+                ));
+                continue;
+            }
+            if issuer.dev && (place.in_azure || !place.allow_dev_issuers) {
+                left_out.push(format!(
+                    "issuer {}: a development issuer, trusted only locally with CHGATE_ALLOW_DEV_ISSUERS=1 and never in Azure",
+                    issuer.name
+                ));
+                continue;
+            }
             let audiences = list_setting(env, &format!("CHGATE_ISSUER__{key}__AUDIENCES")).unwrap_or(issuer.audiences);
             if audiences.is_empty() {
                 problems.push(format!(
@@ -227,12 +258,7 @@ impl AccessPolicy {
                     issuer.name
                 ));
             }
-            if issuer.dev && (place.in_azure || !place.allow_dev_issuers) {
-                problems.push(format!(
-                    "issuer {}: a development issuer is trusted only locally with CHGATE_ALLOW_DEV_ISSUERS=1, never in Azure",
-                    issuer.name
-                ));
-            } else if place.in_azure && !url.starts_with("https://") {
+            if place.in_azure && !url.starts_with("https://") {
                 problems.push(format!(
                     "issuer {}: {url} is not https, which is refused when running in Azure",
                     issuer.name
@@ -329,11 +355,20 @@ impl AccessPolicy {
             env("CHGATE_MAX_INFLIGHT_QUERIES").as_deref(),
             &mut problems,
         );
+        if issuers.is_empty() && problems.is_empty() {
+            let reasons = if left_out.is_empty() {
+                "the file lists none".to_owned()
+            } else {
+                left_out.join("; ")
+            };
+            problems.push(format!("no token issuer is trusted here ({reasons})"));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(Self {
             issuers,
+            left_out,
             tenant_claim: toml.tenant.claim,
             tenant_values: toml.tenant.values,
             tenant_setting: toml.tenant.clickhouse_setting,
@@ -343,6 +378,11 @@ impl AccessPolicy {
             grants: toml.grants,
             instance_limits,
         })
+    }
+
+    /// Issuers of the file that are not trusted here, and why.
+    pub fn left_out(&self) -> &[String] {
+        &self.left_out
     }
 
     /// The instance's bound on in-flight ClickHouse queries.
@@ -544,25 +584,47 @@ any_of = ["Analytics.Admin"]
     }
 
     #[test]
-    fn plain_http_and_dev_issuers_are_refused_in_azure() {
+    fn plain_http_issuers_are_refused_in_azure_and_dev_issuers_left_out() {
         let text = POLICY.replace("https://login.microsoftonline.com/t1/v2.0", "http://127.0.0.1:9/");
         let problems =
             AccessPolicy::from_toml(toml::from_str(&text).expect("toml"), &no_env, AZURE).expect_err("refused");
         assert!(problems[0].contains("not https"), "{problems:?}");
-        let dev = POLICY.replace(
-            "audiences = [\"api://chgate\"]",
-            "audiences = [\"api://chgate\"]\ndev = true",
-        );
-        let problems =
-            AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, AZURE).expect_err("refused");
-        assert!(problems[0].contains("development issuer"), "{problems:?}");
+        // A development issuer beside a configured one: left out, the other trusted.
+        let dev = format!("{POLICY}\n[[issuers]]\nname = \"dev\"\nurl = \"http://127.0.0.1:9\"\naudiences = [\"api://chgate\"]\ndev = true\n");
         let not_allowed = Place {
             in_azure: false,
             allow_dev_issuers: false,
         };
+        for place in [AZURE, not_allowed] {
+            let policy = AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, place).expect("policy");
+            assert_eq!(policy.issuers().iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["entra"]);
+            assert!(policy.left_out()[0].contains("CHGATE_ALLOW_DEV_ISSUERS"), "{:?}", policy.left_out());
+        }
+        let local = AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, LOCAL).expect("policy");
+        assert_eq!(local.issuers().len(), 2);
+        // Only a development issuer, where it is not allowed: nothing would be trusted.
+        let only_dev = POLICY.replace(
+            "audiences = [\"api://chgate\"]",
+            "audiences = [\"api://chgate\"]\ndev = true",
+        );
         let problems =
-            AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, not_allowed).expect_err("refused");
-        assert!(problems[0].contains("CHGATE_ALLOW_DEV_ISSUERS"), "{problems:?}");
+            AccessPolicy::from_toml(toml::from_str(&only_dev).expect("toml"), &no_env, AZURE).expect_err("refused");
+        assert!(problems[0].contains("no token issuer is trusted here"), "{problems:?}");
+        assert!(problems[0].contains("development issuer"), "{problems:?}");
+    }
+
+    #[test]
+    fn an_issuer_without_a_url_waits_for_its_app_setting() {
+        let unset = POLICY.replace("url = \"https://login.microsoftonline.com/t1/v2.0\"", "url = \"\"");
+        let problems =
+            AccessPolicy::from_toml(toml::from_str(&unset).expect("toml"), &no_env, AZURE).expect_err("refused");
+        assert!(problems[0].contains("set CHGATE_ISSUER__ENTRA__URL"), "{problems:?}");
+        let env = |name: &str| {
+            (name == "CHGATE_ISSUER__ENTRA__URL").then(|| "https://login.microsoftonline.com/t9/v2.0".to_owned())
+        };
+        let policy = AccessPolicy::from_toml(toml::from_str(&unset).expect("toml"), &env, AZURE).expect("policy");
+        assert_eq!(policy.issuers()[0].url, "https://login.microsoftonline.com/t9/v2.0");
+        assert!(policy.left_out().is_empty());
     }
 
     #[test]
