@@ -186,7 +186,8 @@ mod tests {
 
     #[test]
     fn one_subject_at_two_issuers_is_two_callers() {
-        let toml = toml::from_str("version = 1\n[tenant]\nclaim = \"tid\"\n").expect("toml");
+        let text = "version = 1\n[[issuers]]\nname = \"a\"\nurl = \"https://a.example\"\naudiences = [\"api://x\"]\n[tenant]\nclaim = \"tid\"\n";
+        let toml = toml::from_str(text).expect("toml");
         let place = Place {
             in_azure: false,
             allow_dev_issuers: true,
