@@ -13,6 +13,7 @@ pub mod access;
 pub mod catalog;
 pub mod http;
 pub mod ingest;
+pub mod openapi;
 pub mod query;
 pub mod secrets;
 pub mod settings;

@@ -36,6 +36,9 @@ enum Command {
     /// Print who can call what: endpoints × roles, the claims granting each role, and which
     /// endpoints are tenant-scoped or cross-tenant.
     AccessReport(CatalogArgs),
+    /// Print the catalog as an OpenAPI 3.1 document (JSON); infra/openapi.json is this output,
+    /// which API Management imports.
+    Openapi(CatalogArgs),
     /// The ingest spool (settings as when serving: CHGATE_SPOOL*, CLICKHOUSE_*).
     Spool {
         #[command(subcommand)]
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Some(Command::Check(args)) => check(&args.catalog, false, args.against_clickhouse),
         Some(Command::AccessReport(args)) => check(&args, true, false),
+        Some(Command::Openapi(args)) => openapi(&args),
         Some(Command::Spool { action }) => spool(&action),
         None => serve(),
     };
@@ -98,14 +102,38 @@ fn main() -> ExitCode {
     }
 }
 
+fn openapi(args: &CatalogArgs) -> anyhow::Result<ExitCode> {
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => Settings::from_env()?.functions_dir,
+    };
+    let prefix = route_prefix(&args.host_json)?;
+    let policy = AccessPolicy::load(
+        &args.access_policy,
+        &|name| std::env::var(name).ok(),
+        Place::for_checks(),
+    )
+    .with_context(|| format!("loading the access policy {}", args.access_policy.display()))?;
+    let catalog = Catalog::load(&dir, &prefix, &policy.catalog_rules()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&chgate::openapi::document(&catalog, &policy))?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn check(args: &CatalogArgs, report: bool, against_clickhouse: bool) -> anyhow::Result<ExitCode> {
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => Settings::from_env()?.functions_dir,
     };
     let prefix = route_prefix(&args.host_json)?;
-    let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), Place::for_checks())
-        .with_context(|| format!("loading the access policy {}", args.access_policy.display()))?;
+    let policy = AccessPolicy::load(
+        &args.access_policy,
+        &|name| std::env::var(name).ok(),
+        Place::for_checks(),
+    )
+    .with_context(|| format!("loading the access policy {}", args.access_policy.display()))?;
     match Catalog::load(&dir, &prefix, &policy.catalog_rules()) {
         Ok(catalog) if report => {
             print!("{}", access_report(&catalog, &policy));
@@ -195,7 +223,11 @@ fn spool(action: &SpoolAction) -> anyhow::Result<ExitCode> {
             let which = if *poison { Which::Poison } else { Which::Spool };
             let dir = args.dir.clone().unwrap_or(settings.functions_dir.clone());
             let prefix = route_prefix(&args.host_json)?;
-            let policy = AccessPolicy::load(&args.access_policy, &|name| std::env::var(name).ok(), Place::for_checks())?;
+            let policy = AccessPolicy::load(
+                &args.access_policy,
+                &|name| std::env::var(name).ok(),
+                Place::for_checks(),
+            )?;
             let catalog = Catalog::load(&dir, &prefix, &policy.catalog_rules()).map_err(|e| anyhow::anyhow!("{e}"))?;
             let client = clickhouse::Client::default()
                 .with_url(&settings.clickhouse.url)

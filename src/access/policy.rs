@@ -590,15 +590,24 @@ any_of = ["Analytics.Admin"]
             AccessPolicy::from_toml(toml::from_str(&text).expect("toml"), &no_env, AZURE).expect_err("refused");
         assert!(problems[0].contains("not https"), "{problems:?}");
         // A development issuer beside a configured one: left out, the other trusted.
-        let dev = format!("{POLICY}\n[[issuers]]\nname = \"dev\"\nurl = \"http://127.0.0.1:9\"\naudiences = [\"api://chgate\"]\ndev = true\n");
+        let dev = format!(
+            "{POLICY}\n[[issuers]]\nname = \"dev\"\nurl = \"http://127.0.0.1:9\"\naudiences = [\"api://chgate\"]\ndev = true\n"
+        );
         let not_allowed = Place {
             in_azure: false,
             allow_dev_issuers: false,
         };
         for place in [AZURE, not_allowed] {
             let policy = AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, place).expect("policy");
-            assert_eq!(policy.issuers().iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["entra"]);
-            assert!(policy.left_out()[0].contains("CHGATE_ALLOW_DEV_ISSUERS"), "{:?}", policy.left_out());
+            assert_eq!(
+                policy.issuers().iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+                ["entra"]
+            );
+            assert!(
+                policy.left_out()[0].contains("CHGATE_ALLOW_DEV_ISSUERS"),
+                "{:?}",
+                policy.left_out()
+            );
         }
         let local = AccessPolicy::from_toml(toml::from_str(&dev).expect("toml"), &no_env, LOCAL).expect("policy");
         assert_eq!(local.issuers().len(), 2);

@@ -235,6 +235,46 @@ impl ParamSpec {
         }))
     }
 
+    /// The parameter as JSON Schema (draft 2020-12, as OpenAPI 3.1 uses it): its JSON type,
+    /// its constraints, its default and its description. Constraints JSON Schema cannot say
+    /// (bounds on dates and times) are in the description.
+    pub fn json_schema(&self) -> Json {
+        let mut schema = type_schema(&self.ty, &self.rules);
+        let mut notes = Vec::new();
+        if !self.ty.scalar_is_numeric() {
+            if let Some(min) = &self.rules.min {
+                notes.push(format!("at least {}", min.shown));
+            }
+            if let Some(max) = &self.rules.max {
+                notes.push(format!("at most {}", max.shown));
+            }
+        }
+        let forms = describe(&self.ty);
+        let mut parts = vec![self.description.trim_end_matches('.').to_owned()];
+        if forms != self.ty.to_string() {
+            parts.push(format!("Format: {forms}"));
+        }
+        if !notes.is_empty() {
+            parts.push(format!("Range: {}", notes.join(", ")));
+        }
+        let description = parts
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .map(|part| format!("{part}."))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if let Json::Object(map) = &mut schema {
+            map.insert("x-clickhouse-type".into(), Json::String(self.ty.to_string()));
+            if !description.is_empty() {
+                map.insert("description".into(), Json::String(description));
+            }
+            if let Some(default) = &self.default {
+                map.insert("default".into(), serde_json::to_value(default).unwrap_or(Json::Null));
+            }
+        }
+        schema
+    }
+
     fn error(&self, failure: Failure) -> ParamError {
         ParamError {
             param: self.name.clone(),
@@ -704,6 +744,86 @@ impl Rules {
             return Err(Problem::Violates(format!("must be one of: {}", allowed.shown)));
         }
         Ok(scalar.value)
+    }
+}
+
+/// The JSON Schema of a type with the constraints that apply to it (to the items of an array,
+/// and inside `Nullable`).
+fn type_schema(ty: &ParamType, rules: &Rules) -> Json {
+    use serde_json::json;
+    match ty {
+        ParamType::Array(element) => {
+            let mut schema = json!({"type": "array", "items": type_schema(element, rules)});
+            if let (Some(max), Json::Object(map)) = (rules.max_items, &mut schema) {
+                map.insert("maxItems".into(), json!(max));
+            }
+            schema
+        }
+        ParamType::Nullable(inner) => {
+            let mut schema = type_schema(inner, rules);
+            if let Some(Json::String(kind)) = schema.get("type").cloned() {
+                schema["type"] = json!([kind, "null"]);
+            }
+            schema
+        }
+        scalar => {
+            let mut schema = match scalar {
+                ParamType::String => json!({"type": "string"}),
+                ParamType::Int { bits, signed } => {
+                    let (min, max) = if *signed {
+                        let max = (1_i128 << (bits - 1)) - 1;
+                        (-max - 1, max)
+                    } else {
+                        (0, (1_i128 << bits) - 1)
+                    };
+                    // i128 bounds of 64-bit types fit JSON numbers as i64/u64.
+                    let number = |value: i128| {
+                        i64::try_from(value)
+                            .map(Json::from)
+                            .or_else(|_| u64::try_from(value).map(Json::from))
+                            .unwrap_or(Json::Null)
+                    };
+                    json!({"type": "integer", "minimum": number(min), "maximum": number(max)})
+                }
+                ParamType::Float32 | ParamType::Float64 => json!({"type": "number"}),
+                ParamType::Decimal { scale, .. } => json!({
+                    "type": ["string", "number"],
+                    "pattern": format!("^-?[0-9]+(\\.[0-9]{{1,{}}})?$", (*scale).max(1)),
+                }),
+                ParamType::Bool => json!({"type": "boolean"}),
+                ParamType::Date => json!({"type": "string", "format": "date"}),
+                ParamType::DateTime { .. } | ParamType::DateTime64 { .. } => json!({"type": ["string", "number"]}),
+                ParamType::Uuid => json!({"type": "string", "format": "uuid"}),
+                ParamType::Ipv4 => json!({"type": "string", "format": "ipv4"}),
+                ParamType::Ipv6 => json!({"type": "string", "format": "ipv6"}),
+                ParamType::Array(_) | ParamType::Nullable(_) => json!({}),
+            };
+            if let Json::Object(map) = &mut schema {
+                if scalar.scalar_is_numeric() {
+                    for (key, bound) in [("minimum", &rules.min), ("maximum", &rules.max)] {
+                        if let Some(number) = bound
+                            .as_ref()
+                            .and_then(|bound| serde_json::from_str::<serde_json::Number>(&bound.shown).ok())
+                        {
+                            map.insert(key.into(), Json::Number(number));
+                        }
+                    }
+                }
+                if let Some(max) = rules.max_chars {
+                    map.insert("maxLength".into(), json!(max));
+                }
+                if let Some(pattern) = &rules.pattern {
+                    map.insert("pattern".into(), json!(format!("^(?:{})$", pattern.source)));
+                }
+                if let Some(allowed) = &rules.allowed {
+                    map.insert(
+                        "enum".into(),
+                        serde_json::to_value(&allowed.values).unwrap_or(Json::Null),
+                    );
+                }
+            }
+            schema
+        }
     }
 }
 

@@ -56,6 +56,14 @@ pub enum ParamType {
 }
 
 impl ParamType {
+    /// Whether the scalar (inside `Array` and `Nullable`) is a number in JSON: integers, floats.
+    pub fn scalar_is_numeric(&self) -> bool {
+        matches!(
+            self.scalar(),
+            ParamType::Int { .. } | ParamType::Float32 | ParamType::Float64
+        )
+    }
+
     /// Whether the type is `Nullable(..)`.
     pub fn is_nullable(&self) -> bool {
         matches!(self, ParamType::Nullable(_))
