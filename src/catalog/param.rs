@@ -1401,6 +1401,35 @@ mod tests {
         found.remove(0)
     }
 
+    #[test]
+    fn json_schema_carries_the_type_and_the_constraints() {
+        let limit = declare("type = \"UInt16\"\ndefault = 10\nmin = 1\nmax = 1000\ndescription = \"How many.\"");
+        assert_eq!(
+            limit.json_schema(),
+            json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 10,
+                   "description": "How many.", "x-clickhouse-type": "UInt16"})
+        );
+        let country = declare("type = \"Nullable(String)\"\npattern = \"[A-Z]{2}\"\nmax_len = 2");
+        let schema = country.json_schema();
+        assert_eq!(schema["type"], json!(["string", "null"]));
+        assert_eq!(schema["pattern"], "^(?:[A-Z]{2})$");
+        assert_eq!(schema["maxLength"], 2);
+        let ids = declare("type = \"Array(UInt8)\"\nrequired = true\nmax_len = 3\nallowed = [1, 2, 3]");
+        let schema = ids.json_schema();
+        assert_eq!(schema["maxItems"], 3);
+        assert_eq!(schema["items"]["type"], "integer");
+        assert_eq!(schema["items"]["maximum"], 255);
+        assert_eq!(schema["items"]["enum"], json!([1, 2, 3]));
+        let day = declare("type = \"Date\"\nrequired = true\nmin = \"2020-01-01\"\ndescription = \"The day\"");
+        let schema = day.json_schema();
+        assert_eq!(schema["format"], "date");
+        assert_eq!(
+            schema["description"],
+            "The day. Format: Date ('YYYY-MM-DD'). Range: at least 2020-01-01."
+        );
+        assert!(schema.get("minimum").is_none());
+    }
+
     fn required(ty: &str) -> ParamSpec {
         declare(&format!("type = \"{ty}\"\nrequired = true"))
     }
