@@ -1,5 +1,6 @@
 //! Developer tasks for chgate, and the pieces the test suite shares with them: how to reach
-//! ClickHouse, the local ClickHouse server, and the sample analytics data.
+//! ClickHouse, the local ClickHouse server, the sample analytics data, and the deployment
+//! package.
 
 pub mod azurite;
 pub mod bench;
@@ -8,6 +9,7 @@ pub mod dev_issuer;
 pub mod local_clickhouse;
 pub mod npm;
 pub mod oidc_provider;
+pub mod package;
 pub mod process;
 pub mod sample;
 

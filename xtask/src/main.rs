@@ -1,4 +1,5 @@
-//! `cargo xtask <task>`: run chgate locally, run its tests, manage the local ClickHouse.
+//! `cargo xtask <task>`: run chgate locally, run its tests, manage the local ClickHouse,
+//! package it for deployment.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -85,6 +86,10 @@ enum Task {
         #[arg(long, default_value = "dev-user")]
         subject: String,
     },
+    /// Build the handler static for Linux (x86_64-unknown-linux-musl, release) and lay out the
+    /// deployable app root in dist/ (host.json, handler, access.toml, the function folders),
+    /// zipped into target/package/chgate.zip. Installs the musl target and musl-gcc if missing.
+    Package,
     /// Load deterministic sample analytics data into the events table (replacing its rows).
     Seed {
         #[arg(long, default_value_t = 1_000_000)]
@@ -182,6 +187,19 @@ async fn run(task: Task) -> anyhow::Result<ExitCode> {
                 println!("ClickHouse not running");
                 return Ok(ExitCode::from(3));
             }
+        }
+        Task::Package => {
+            let package = xtask::package::package(&repo_root())?;
+            println!(
+                "Packaged in {} (release build {:.0} s):\n  {} ({:.1} MiB, static {})\n  {} ({} files)",
+                package.dist.display(),
+                package.build_time.as_secs_f64(),
+                package.binary.display(),
+                package.binary_bytes as f64 / (1024.0 * 1024.0),
+                xtask::package::TARGET,
+                package.zip.display(),
+                package.entries.len()
+            );
         }
         Task::Seed { rows, seed, table } => {
             let (connection, _) = clickhouse(&local).await?;
