@@ -182,6 +182,17 @@ impl Spool {
             })
         };
         let poison_name = format!("{}-poison", settings.name);
+        // The platform passes a Key Vault reference it could not resolve through verbatim,
+        // which would otherwise pass as a long enough key.
+        anyhow::ensure!(
+            !settings
+                .signing_key
+                .expose()
+                .trim_start()
+                .starts_with("@Microsoft.KeyVault("),
+            "CHGATE_SPOOL_KEY is a Key Vault reference the platform did not resolve: give the \
+             app's identity the Key Vault Secrets User role and check the secret URI"
+        );
         anyhow::ensure!(
             settings.signing_key.expose().len() >= 32,
             "CHGATE_SPOOL_KEY must be at least 32 characters (a random secret, the same on every instance)"
@@ -397,4 +408,37 @@ pub fn decode(text: &str) -> Result<SpooledBatch, String> {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::Secret;
+
+    fn settings(key: &str) -> SpoolSettings {
+        SpoolSettings {
+            queue_service: "https://acct.queue.core.windows.net".into(),
+            blob_service: "https://acct.blob.core.windows.net".into(),
+            name: "chgate-spool".into(),
+            sas: None,
+            credential: crate::secrets::CredentialChoice::DeveloperTools,
+            signing_key: Secret::new(key.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_signing_key_must_be_long_and_resolved() {
+        let unresolved = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/spool-key/)";
+        let error = Spool::new(&settings(unresolved)).err().map(|error| error.to_string());
+        assert!(
+            error.as_deref().is_some_and(|text| text.contains("did not resolve")),
+            "{error:?}"
+        );
+        let short = Spool::new(&settings("short")).err().map(|error| error.to_string());
+        assert!(
+            short.as_deref().is_some_and(|text| text.contains("at least 32")),
+            "{short:?}"
+        );
+        assert!(Spool::new(&settings(&"k".repeat(32))).is_ok());
+    }
 }
