@@ -165,6 +165,18 @@ module functionAppRoles 'modules/roles.bicep' = {
   }
 }
 
+module functionAppSettings 'modules/appsettings.bicep' = {
+  name: 'appsettings'
+  params: {
+    siteName: functionApp.outputs.name
+    settings: functionApp.outputs.appSettings
+  }
+  // After the roles: see appsettings.bicep.
+  dependsOn: [
+    functionAppRoles
+  ]
+}
+
 module apim 'modules/apim.bicep' = {
   name: 'apim'
   params: {
@@ -183,9 +195,11 @@ module apim 'modules/apim.bicep' = {
     appInsightsName: monitoring.outputs.appInsightsName
     tags: tags
   }
-  // Reading the function host key needs a running host, and the host needs its storage roles.
+  // Reading the function host key needs a running host, and the host needs its storage roles
+  // and its settings.
   dependsOn: [
     functionAppRoles
+    functionAppSettings
   ]
 }
 

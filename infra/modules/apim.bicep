@@ -200,13 +200,18 @@ resource api 'Microsoft.ApiManagement/service/apis@2024-05-01' = {
     apiType: 'http'
     format: 'openapi+json'
     value: loadTextContent('../openapi.json')
+    // Required query parameters stay query parameters: by default the import would move them
+    // into the operation's URL template, and a request without one would match no operation
+    // (404) instead of reaching the handler's 400 that names the parameter.
+    translateRequiredQueryParameters: 'query'
     serviceUrl: 'https://${functionApp.properties.defaultHostName}/api'
   }
 }
 
-// policies/api.xml is well-formed XML; rawxml takes C# expressions verbatim, so the entities
-// the file uses inside expressions are decoded here (&amp; last, so that nothing is decoded twice).
-var policyXml = replace(replace(replace(loadTextContent('../policies/api.xml'), '&lt;', '<'), '&gt;', '>'), '&amp;', '&')
+// policies/api.xml is well-formed XML (expressions with double quotes in single-quoted
+// attributes, angle brackets as entities), deployed as it is with format xml, whose parser
+// decodes the entities; rawxml would take them verbatim.
+var policyXml = loadTextContent('../policies/api.xml')
 // quota-by-key exists in the classic tiers only; a v2 tier refuses a policy that contains it.
 var classicOnlyBegin = '<!-- classic-tiers-only:begin -->'
 var classicOnlyEnd = '<!-- classic-tiers-only:end -->'
@@ -217,7 +222,7 @@ resource apiPolicy 'Microsoft.ApiManagement/service/apis/policies@2024-05-01' = 
   parent: api
   name: 'policy'
   properties: {
-    format: 'rawxml'
+    format: 'xml'
     value: policyForSku
   }
   // APIM checks on save that every named value and backend the policy names exists.

@@ -108,6 +108,11 @@ var queueServiceUri = 'https://${storage.name}.queue.${environment().suffixes.st
 //
 // Set by the platform and read by the handler: FUNCTIONS_CUSTOMHANDLER_PORT (the host),
 // WEBSITE_SITE_NAME, IDENTITY_ENDPOINT and IDENTITY_HEADER (the managed identity endpoint).
+var hostSettings = [
+  { name: 'AzureWebJobsStorage__accountName', value: storage.name }
+  { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
+]
+
 var appSettings = [
   // The host's own storage (keys, locks, trigger state), identity-based: no account key.
   { name: 'AzureWebJobsStorage__accountName', value: storage.name }
@@ -135,7 +140,7 @@ var appSettings = [
   { name: 'CHGATE_SPOOL__blobServiceUri', value: blobServiceUri }
   { name: 'CHGATE_SPOOL_QUEUE', value: spoolQueueName }
   // Resolved by the platform with the app's identity; versionless, so a new version is
-  // picked up (on restart, or within a day). It must stay the same on every instance.
+  // picked up within a day, or at once when the app settings change. It must stay the same on every instance.
   { name: 'CHGATE_SPOOL_KEY', value: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${spoolKeySecretName}/)' }
 ]
 
@@ -167,7 +172,11 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
     httpsOnly: true
     siteConfig: {
       minTlsVersion: '1.2'
-      appSettings: appSettings
+      // Only what the host needs to start. The handler's settings come with appsettings.bicep
+      // once the identity holds its roles: the platform resolves a Key Vault reference when
+      // the settings change, so settings written before the role exists would keep an
+      // unresolved reference for up to a day (and the handler refuses one).
+      appSettings: hostSettings
     }
     functionAppConfig: {
       deployment: {
@@ -191,6 +200,9 @@ resource site 'Microsoft.Web/sites@2025-03-01' = {
     }
   }
 }
+
+@description('Every app setting, name to value, for appsettings.bicep (no secret values: the secrets are Key Vault references).')
+output appSettings object = toObject(appSettings, setting => setting.name, setting => setting.value)
 
 output name string = site.name
 output id string = site.id
