@@ -8,6 +8,9 @@ use super::{files, read, root};
 
 const SECTIONS: [&str; 4] = ["inbound", "backend", "outbound", "on-error"];
 const VALIDATORS: [&str; 2] = ["validate-jwt", "validate-azure-ad-token"];
+/// apim.bicep cuts what lies between these out of the policy for the v2 tiers.
+const CLASSIC_ONLY_BEGIN: &str = "<!-- classic-tiers-only:begin -->";
+const CLASSIC_ONLY_END: &str = "<!-- classic-tiers-only:end -->";
 
 /// What is wrong with a policy document.
 fn problems(xml: &str) -> Vec<String> {
@@ -31,14 +34,28 @@ fn problems(xml: &str) -> Vec<String> {
             ));
         }
     }
+    // The token is validated first; only cors may come before it, because it reads no token
+    // and a browser's preflight (which has none) must reach it.
     let inbound = policies.children().find(|node| node.has_tag_name("inbound"));
-    if let Some(first) = inbound.and_then(|inbound| inbound.children().find(roxmltree::Node::is_element))
+    let first = inbound
+        .into_iter()
+        .flat_map(|inbound| inbound.children().filter(roxmltree::Node::is_element))
+        .find(|node| !node.has_tag_name("cors"));
+    if let Some(first) = first
         && !VALIDATORS.contains(&first.tag_name().name())
     {
         problems.push(format!(
-            "the first inbound policy is <{}>; validate the token first",
+            "the first inbound policy after cors is <{}>; validate the token first",
             first.tag_name().name()
         ));
+    }
+    let begin = xml.find(CLASSIC_ONLY_BEGIN);
+    let end = xml.find(CLASSIC_ONLY_END);
+    if begin.is_some() != end.is_some() || begin > end {
+        problems.push(
+            "the classic-tiers-only markers must come as a pair, begin before end (apim.bicep cuts between them)"
+                .to_owned(),
+        );
     }
     for node in document.descendants().filter(roxmltree::Node::is_element) {
         let name = node.tag_name().name();
@@ -115,8 +132,18 @@ fn every_policy_file_keeps_the_rules() {
     assert!(!found.is_empty(), "infra/policies/ has policy files");
     let mut all = Vec::new();
     for path in &found {
-        for problem in problems(&read(path)) {
-            all.push(format!("{}: {problem}", path.display()));
+        let xml = read(path);
+        // As deployed on the classic tiers, and on the v2 tiers with the classic-only part cut.
+        let mut deployed = vec![xml.clone()];
+        if let (Some(begin), Some(end)) = (xml.find(CLASSIC_ONLY_BEGIN), xml.find(CLASSIC_ONLY_END))
+            && begin < end
+        {
+            deployed.push(format!("{}{}", &xml[..begin], &xml[end + CLASSIC_ONLY_END.len()..]));
+        }
+        for form in deployed {
+            for problem in problems(&form) {
+                all.push(format!("{}: {problem}", path.display()));
+            }
         }
     }
     assert!(all.is_empty(), "{all:#?}");
@@ -130,6 +157,17 @@ fn the_rules_catch_what_they_are_for() {
         <backend><base /></backend><outbound><base /></outbound><on-error><base /></on-error></policies>"#;
     assert_eq!(problems(good), Vec::<String>::new());
     let cases = [
+        (
+            good.replace(
+                "<validate-jwt",
+                "<cors><allowed-origins><origin>*</origin></allowed-origins></cors><rate-limit-by-key calls=\"1\" renewal-period=\"1\" counter-key=\"k\" /><validate-jwt",
+            ),
+            "validate the token first",
+        ),
+        (
+            good.replace("<base /></backend>", "<base /><!-- classic-tiers-only:end --></backend>"),
+            "markers must come as a pair",
+        ),
         (
             good.replace(
                 "<validate-jwt",
