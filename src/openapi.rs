@@ -10,7 +10,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::access::AccessPolicy;
-use crate::catalog::param::ParamSpec;
+use crate::catalog::param::{ParamSpec, ParamValue, RawValue};
 use crate::catalog::{Builtin, BuiltinKind, Catalog, Endpoint, IngestEndpoint, Method};
 
 /// The OpenAPI document of `catalog` under `policy` (which says how each role is granted).
@@ -161,9 +161,12 @@ fn builtin_operation(builtin: &Builtin) -> Value {
         BuiltinKind::Health => json!({
             "operationId": builtin.name,
             "summary": "Health: the catalog, ClickHouse, the signing keys and the secrets.",
+            "description": "The Function App answers it without a token, for platform probes; \
+                through the gateway, whose token check covers the whole API, any valid token \
+                will do (no role is needed).",
             "tags": ["operations"],
             "x-chgate-endpoint": builtin.name,
-            "security": [],
+            "security": [{"bearer": []}],
             "responses": {
                 "200": {"description": "ok or degraded", "content": {"application/json": {"schema": {"type": "object"}}}},
                 "503": {"description": "unavailable", "content": {"application/json": {"schema": {"type": "object"}}}},
@@ -219,8 +222,8 @@ fn parameter(spec: &ParamSpec, in_path: bool) -> Value {
     if let Some(description) = parameter["schema"].get("description").cloned() {
         parameter["description"] = description;
     }
-    if let Some(example) = spec.example() {
-        parameter["example"] = Value::String(example.to_owned());
+    if let Some(example) = typed_example(spec) {
+        parameter["example"] = example;
     }
     if spec.ty().element().is_some() {
         // Repeated keys, or one comma-separated value.
@@ -235,7 +238,7 @@ fn object_schema(specs: &[&ParamSpec], tenant_column: Option<&str>) -> Value {
     let mut properties = Map::new();
     for spec in specs {
         let mut schema = spec.json_schema();
-        if let (Some(example), Value::Object(map)) = (spec.example(), &mut schema) {
+        if let (Some(example), Value::Object(map)) = (typed_example(spec), &mut schema) {
             map.insert("examples".into(), json!([example]));
         }
         properties.insert(spec.name().to_owned(), schema);
@@ -259,6 +262,37 @@ fn object_schema(specs: &[&ParamSpec], tenant_column: Option<&str>) -> Value {
         "properties": properties,
         "required": required,
         "additionalProperties": false,
+    })
+}
+
+/// The spec's example (written as query-string text) as the JSON value its schema describes:
+/// numbers and booleans as such, arrays as arrays of their items; text stays as written.
+fn typed_example(spec: &ParamSpec) -> Option<Value> {
+    let text = spec.example()?;
+    let typed = |value: &ParamValue, written: &str| match value {
+        ParamValue::Bool(flag) => json!(flag),
+        ParamValue::Int(number) => json!(number),
+        ParamValue::UInt(number) => json!(number),
+        ParamValue::Float(number) => json!(number),
+        ParamValue::Null => Value::Null,
+        ParamValue::Text(_) | ParamValue::Array(_) => Value::String(written.to_owned()),
+    };
+    Some(match spec.parse(RawValue::Query(&[text.to_owned()])).ok()? {
+        ParamValue::Array(items) => {
+            let written: Vec<&str> = if text.is_empty() {
+                Vec::new()
+            } else {
+                text.split(',').collect()
+            };
+            Value::Array(
+                items
+                    .iter()
+                    .zip(written)
+                    .map(|(item, written)| typed(item, written))
+                    .collect(),
+            )
+        }
+        value => typed(&value, text),
     })
 }
 
