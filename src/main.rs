@@ -103,17 +103,7 @@ fn main() -> ExitCode {
 }
 
 fn openapi(args: &CatalogArgs) -> anyhow::Result<ExitCode> {
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => Settings::from_env()?.functions_dir,
-    };
-    let prefix = route_prefix(&args.host_json)?;
-    let policy = AccessPolicy::load(
-        &args.access_policy,
-        &|name| std::env::var(name).ok(),
-        Place::for_checks(),
-    )
-    .with_context(|| format!("loading the access policy {}", args.access_policy.display()))?;
+    let (dir, prefix, policy) = catalog_inputs(args)?;
     let catalog = Catalog::load(&dir, &prefix, &policy.catalog_rules()).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(
         "{}",
@@ -122,7 +112,9 @@ fn openapi(args: &CatalogArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(args: &CatalogArgs, report: bool, against_clickhouse: bool) -> anyhow::Result<ExitCode> {
+/// What the catalog commands read: the function folders, the route prefix and the access
+/// policy (development issuers counted as trusted outside Azure: nothing is served).
+fn catalog_inputs(args: &CatalogArgs) -> anyhow::Result<(PathBuf, String, AccessPolicy)> {
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => Settings::from_env()?.functions_dir,
@@ -134,6 +126,11 @@ fn check(args: &CatalogArgs, report: bool, against_clickhouse: bool) -> anyhow::
         Place::for_checks(),
     )
     .with_context(|| format!("loading the access policy {}", args.access_policy.display()))?;
+    Ok((dir, prefix, policy))
+}
+
+fn check(args: &CatalogArgs, report: bool, against_clickhouse: bool) -> anyhow::Result<ExitCode> {
+    let (dir, prefix, policy) = catalog_inputs(args)?;
     match Catalog::load(&dir, &prefix, &policy.catalog_rules()) {
         Ok(catalog) if report => {
             print!("{}", access_report(&catalog, &policy));
@@ -221,13 +218,7 @@ fn spool(action: &SpoolAction) -> anyhow::Result<ExitCode> {
         }
         SpoolAction::Drain { poison, catalog: args } => {
             let which = if *poison { Which::Poison } else { Which::Spool };
-            let dir = args.dir.clone().unwrap_or(settings.functions_dir.clone());
-            let prefix = route_prefix(&args.host_json)?;
-            let policy = AccessPolicy::load(
-                &args.access_policy,
-                &|name| std::env::var(name).ok(),
-                Place::for_checks(),
-            )?;
+            let (dir, prefix, policy) = catalog_inputs(args)?;
             let catalog = Catalog::load(&dir, &prefix, &policy.catalog_rules()).map_err(|e| anyhow::anyhow!("{e}"))?;
             let client = clickhouse::Client::default()
                 .with_url(&settings.clickhouse.url)
