@@ -79,14 +79,13 @@ fn query_operation(endpoint: &Endpoint, method: Method, both: bool, policy: &Acc
     let mut operation = json!({
         "operationId": operation_id(endpoint.name(), method, both),
         "summary": summary(endpoint.description()),
-        "description": endpoint.description(),
+        "description": with_roles(endpoint.description(), endpoint.roles(), policy),
         "tags": ["query"],
         "x-chgate-endpoint": endpoint.name(),
         "security": [{"bearer": endpoint.roles()}],
         "parameters": parameters,
         "responses": query_responses(endpoint),
     });
-    operation["description"] = Value::String(with_roles(endpoint.description(), endpoint.roles(), policy));
     if method == Method::Post {
         let body_params: Vec<&ParamSpec> = endpoint
             .params()

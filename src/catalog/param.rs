@@ -770,12 +770,7 @@ fn type_schema(ty: &ParamType, rules: &Rules) -> Json {
             let mut schema = match scalar {
                 ParamType::String => json!({"type": "string"}),
                 ParamType::Int { bits, signed } => {
-                    let (min, max) = if *signed {
-                        let max = (1_i128 << (bits - 1)) - 1;
-                        (-max - 1, max)
-                    } else {
-                        (0, (1_i128 << bits) - 1)
-                    };
+                    let (min, max) = int_range(*bits, *signed);
                     // i128 bounds of 64-bit types fit JSON numbers as i64/u64.
                     let number = |value: i128| {
                         i64::try_from(value)
@@ -981,16 +976,21 @@ fn is_digits(text: &str) -> bool {
     !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit())
 }
 
-fn parse_int(text: &str, bits: u8, signed: bool) -> Result<Scalar, String> {
-    if !is_digits(text.strip_prefix('-').unwrap_or(text)) {
-        return Err("not an integer (decimal digits with an optional leading '-')".to_owned());
-    }
-    let (min, max) = if signed {
+/// The smallest and largest value of `Int<bits>` (`signed`) or `UInt<bits>`.
+fn int_range(bits: u8, signed: bool) -> (i128, i128) {
+    if signed {
         let max = (1_i128 << (bits - 1)) - 1;
         (-max - 1, max)
     } else {
         (0, (1_i128 << bits) - 1)
-    };
+    }
+}
+
+fn parse_int(text: &str, bits: u8, signed: bool) -> Result<Scalar, String> {
+    if !is_digits(text.strip_prefix('-').unwrap_or(text)) {
+        return Err("not an integer (decimal digits with an optional leading '-')".to_owned());
+    }
+    let (min, max) = int_range(bits, signed);
     let ty = ParamType::Int { bits, signed };
     let out_of_range = || format!("out of range for {ty} ({min}..={max})");
     // Too many digits for i128 is out of range too.

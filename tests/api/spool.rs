@@ -41,8 +41,13 @@ const SIGNING_KEY: &str = "spool-key-for-the-tests-0123456789abcdef";
 /// A spool of the test's own (its own queue and container) on Azurite; `None` when the suite
 /// runs without Azurite.
 fn spool_settings() -> Option<SpoolSettings> {
-    let queue_service = std::env::var("CHGATE_TEST_AZURITE_QUEUE").ok()?;
-    let blob_service = std::env::var("CHGATE_TEST_AZURITE_BLOB").ok()?;
+    let endpoints = std::env::var("CHGATE_TEST_AZURITE_QUEUE")
+        .ok()
+        .zip(std::env::var("CHGATE_TEST_AZURITE_BLOB").ok());
+    let Some((queue_service, blob_service)) = endpoints else {
+        eprintln!("skipped: no Azurite (run with cargo xtask test)");
+        return None;
+    };
     Some(SpoolSettings {
         queue_service,
         blob_service,
@@ -173,7 +178,6 @@ async fn send_raw(settings: &SpoolSettings, queue: &str, text: &str) {
 #[tokio::test]
 async fn with_clickhouse_down_batches_are_spooled_and_replayed_exactly_once() {
     let Some(settings) = spool_settings() else {
-        eprintln!("skipped: no Azurite (run with cargo xtask test)");
         return;
     };
     let (app, mut proxy) = app_behind_proxy(&settings).await;
@@ -222,7 +226,6 @@ async fn with_clickhouse_down_batches_are_spooled_and_replayed_exactly_once() {
 #[tokio::test]
 async fn a_message_that_keeps_failing_ends_in_the_poison_queue() {
     let Some(settings) = spool_settings() else {
-        eprintln!("skipped: no Azurite (run with cargo xtask test)");
         return;
     };
     let spool_for_app = settings.clone();
@@ -276,7 +279,6 @@ async fn a_message_that_keeps_failing_ends_in_the_poison_queue() {
 #[tokio::test]
 async fn with_clickhouse_and_the_spool_down_the_caller_gets_503_and_nothing_is_claimed() {
     let Some(mut settings) = spool_settings() else {
-        eprintln!("skipped: no Azurite (run with cargo xtask test)");
         return;
     };
     settings.queue_service = "http://127.0.0.1:9/devstoreaccount1".into();
@@ -293,7 +295,6 @@ async fn with_clickhouse_and_the_spool_down_the_caller_gets_503_and_nothing_is_c
 #[tokio::test]
 async fn the_operator_command_shows_and_drains_the_spool_without_the_host() {
     let Some(settings) = spool_settings() else {
-        eprintln!("skipped: no Azurite (run with cargo xtask test)");
         return;
     };
     let (app, mut proxy) = app_behind_proxy(&settings).await;
@@ -352,7 +353,6 @@ async fn the_operator_command_shows_and_drains_the_spool_without_the_host() {
 #[tokio::test]
 async fn under_steady_load_through_an_outage_every_acknowledged_event_is_stored_exactly_once() {
     let Some(settings) = spool_settings() else {
-        eprintln!("skipped: no Azurite (run with cargo xtask test)");
         return;
     };
     let (app, mut proxy) = app_behind_proxy(&settings).await;

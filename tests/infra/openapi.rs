@@ -12,11 +12,17 @@ use super::{read, root};
 
 const REGENERATE: &str = "cargo run --quiet --bin handler -- openapi > infra/openapi.json";
 
-fn generated(functions: &Path) -> Value {
+/// The shipped policy and the catalog of `functions`, as `handler openapi` reads them.
+fn load(functions: &Path) -> (AccessPolicy, Catalog) {
     let root = root();
     let policy = AccessPolicy::load(&root.join("access.toml"), &|_| None, Place::for_checks()).expect("access.toml");
     let prefix = chgate::startup::route_prefix(&root.join("host.json")).expect("host.json");
     let catalog = Catalog::load(functions, &prefix, &policy.catalog_rules()).expect("catalog");
+    (policy, catalog)
+}
+
+fn generated(functions: &Path) -> Value {
+    let (policy, catalog) = load(functions);
     chgate::openapi::document(&catalog, &policy)
 }
 
@@ -59,10 +65,7 @@ fn a_changed_endpoint_folder_no_longer_matches_the_committed_document() {
 
 #[test]
 fn every_endpoint_and_method_has_exactly_one_operation_and_every_operation_an_endpoint() {
-    let root = root();
-    let policy = AccessPolicy::load(&root.join("access.toml"), &|_| None, Place::for_checks()).expect("access.toml");
-    let prefix = chgate::startup::route_prefix(&root.join("host.json")).expect("host.json");
-    let catalog = Catalog::load(&root.join("functions"), &prefix, &policy.catalog_rules()).expect("catalog");
+    let (_, catalog) = load(&root().join("functions"));
     let mut expected: BTreeMap<(String, String), usize> = BTreeMap::new();
     for endpoint in catalog.endpoints() {
         for method in endpoint.methods() {
